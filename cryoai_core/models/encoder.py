@@ -1,0 +1,98 @@
+"""Pose encoder (cryoAI paper, Sec. 3.3): Gaussian low-pass bank -> VGG-style CNN -> rotation and shift heads.
+
+The image is filtered by a bank of Gaussian low-pass filters (exact, in Fourier space) whose outputs are
+stacked as channels, normalised per image, and fed to a CNN of 3x3 convolutions with batch norm. Its
+width and depth follow the box: one stage (two convolutions, 2x2 pooling) per halving down to 4x4
+pixels. Two fully connected heads read the features: a 6D rotation (two 3-vectors made orthonormal
+columns by Gram-Schmidt, :func:`cryoai_core.rotations.sixd_to_matrix`) and a 2D shift in Å that is the
+RELION origin of the particle.
+"""
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from cryoai_core.fourier import fft2_centered, ifft2_centered, radial_frequency_2d
+from cryoai_core.rotations import sixd_to_matrix
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of the pose encoder."""
+
+    box: int
+    """Input image side in pixels (even, at least 16)."""
+    filter_sigmas_px: tuple = (0.0, 1.0, 2.0, 4.0)
+    """Standard deviations (pixels) of the Gaussian low-pass bank; 0 is the unfiltered image."""
+    base_channels: int = 32
+    """Channels of the first stage; doubled at each stage up to ``max_channels``."""
+    max_channels: int = 256
+    hidden_features: int = 256
+    """Width of the fully connected layers of the heads."""
+    max_shift_angstrom: float = 0.0
+    """If positive, shifts are bounded to ``±max_shift_angstrom`` by a tanh."""
+
+
+class GaussianBank(nn.Module):
+    """Fixed bank of Gaussian low-pass filters: ``(B, L, L) -> (B, F, L, L)``, one channel per sigma."""
+
+    def __init__(self, box: int, sigmas_px):
+        super().__init__()
+        radius = radial_frequency_2d(box)
+        sigmas = torch.tensor([float(s) for s in sigmas_px]).reshape(-1, 1, 1)
+        self.register_buffer("transfer", torch.exp(-2.0 * math.pi ** 2 * sigmas ** 2 * radius ** 2))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        spectra = fft2_centered(images).unsqueeze(1)
+        return ifft2_centered(spectra * self.transfer).real
+
+
+def _stage(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2))
+
+
+class PoseEncoder(nn.Module):
+    """Images ``(B, L, L)`` -> rotations ``(B, 3, 3)`` (RELION A) and origins ``(B, 2)`` in Å."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        if config.box < 16 or config.box % 2:
+            raise ValueError(f"the encoder needs an even box of at least 16 pixels, got {config.box}")
+        self.config = config
+        self.bank = GaussianBank(config.box, config.filter_sigmas_px)
+        stages, channels, size = [], len(config.filter_sigmas_px), config.box
+        width = config.base_channels
+        while size > 4 and size % 2 == 0:
+            stages.append(_stage(channels, width))
+            channels, size = width, size // 2
+            width = min(width * 2, config.max_channels)
+        self.features = nn.Sequential(*stages)
+        flat = channels * size * size
+        hidden = config.hidden_features
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.BatchNorm1d(hidden),
+                                   nn.ReLU(inplace=True))
+        self.rotation_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 6))
+        self.shift_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
+        with torch.no_grad():
+            self.shift_head[-1].weight.mul_(0.01)
+            self.shift_head[-1].bias.zero_()
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Filter bank, then zero mean and unit variance per image and channel: ``(B, F, L, L)``."""
+        stack = self.bank(images)
+        mean = stack.mean(dim=(-2, -1), keepdim=True)
+        std = stack.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+        return (stack - mean) / std
+
+    def forward(self, images: torch.Tensor) -> tuple:
+        """Returns ``(rotations (B, 3, 3), origins_angstrom (B, 2), sixd (B, 6))``."""
+        latent = self.trunk(self.features(self.normalize(images)))
+        sixd = self.rotation_head(latent)
+        origins = self.shift_head(latent)
+        if self.config.max_shift_angstrom > 0:
+            origins = self.config.max_shift_angstrom * torch.tanh(origins / self.config.max_shift_angstrom)
+        return sixd_to_matrix(sixd), origins, sixd

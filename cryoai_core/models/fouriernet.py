@@ -1,0 +1,67 @@
+"""FourierNet: a neural representation of a map's Fourier transform (cryoAI paper, Sec. 3.4).
+
+``V̂(k) = exp(E(k)) ⊙ M(k)``: two SIRENs on 3D Fourier coordinates, an "envelope" ``E`` whose exponential
+carries the high dynamic range of Fourier amplitudes and a "modulant" ``M``; each has two output
+channels read as (real, imaginary), multiplied channel by channel.
+
+Hermitian symmetry ``V̂(-k) = conj V̂(k)`` (a real map) holds exactly: the networks are only evaluated on
+the half-space ``kz > 0`` (ties broken on ``ky``, then ``kx``) and the other half is its mirror conjugate.
+Coordinates are in cycles per pixel of the training grid (Nyquist = 0.5).
+"""
+import torch
+from torch import nn
+
+from cryoai_core.fourier import frequency_grid_3d, ifft3_centered
+from cryoai_core.models.siren import Siren
+
+
+def negative_half_space(coords: torch.Tensor) -> torch.Tensor:
+    """Boolean mask ``(...,)`` of coordinates ``(..., 3)`` on the mirrored half (``kz < 0``, then ties)."""
+    x, y, z = coords.unbind(-1)
+    return (z < 0) | ((z == 0) & ((y < 0) | ((y == 0) & (x < 0))))
+
+
+class FourierNet(nn.Module):
+    """Implicit Fourier-space map.
+
+    Args:
+        hidden_features: width of both SIRENs.
+        modulant_layers: hidden sine layers of ``M`` after its first layer.
+        envelope_layers: hidden sine layers of ``E`` after its first layer.
+        modulant_omega_0: first-layer frequency factor of ``M``.
+        envelope_omega_0: first-layer frequency factor of ``E``.
+    """
+
+    def __init__(self, hidden_features: int = 128, modulant_layers: int = 3, envelope_layers: int = 2,
+                 modulant_omega_0: float = 40.0, envelope_omega_0: float = 30.0):
+        super().__init__()
+        self.modulant = Siren(3, hidden_features, modulant_layers, 2, first_omega_0=modulant_omega_0)
+        self.envelope = Siren(3, hidden_features, envelope_layers, 2, first_omega_0=envelope_omega_0)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        """Complex values ``(...,)`` at coordinates ``(..., 3)`` (cycles/px, within ``[-0.5, 0.5]``)."""
+        mirrored = negative_half_space(coords)
+        half = torch.where(mirrored.unsqueeze(-1), -coords, coords)
+        scaled = 2.0 * half
+        values = torch.exp(self.envelope(scaled)) * self.modulant(scaled)
+        imaginary = torch.where(mirrored, -values[..., 1], values[..., 1])
+        return torch.complex(values[..., 0], imaginary)
+
+    @torch.no_grad()
+    def spectrum(self, box: int, chunk: int = 65536) -> torch.Tensor:
+        """The centred transform on the ``box³`` grid, complex ``(box, box, box)``, ``[kz, ky, kx]``."""
+        device = next(self.parameters()).device
+        coords = frequency_grid_3d(box, device=device).reshape(-1, 3)
+        values = torch.cat([self(part) for part in coords.split(chunk)])
+        spectrum = values.reshape(box, box, box)
+        nyquist = torch.arange(box, device=device) == 0
+        if box % 2 == 0:
+            # The -Nyquist planes have no +Nyquist partner on the grid; zero them for a real map.
+            spectrum[nyquist] = 0
+            spectrum[:, nyquist] = 0
+            spectrum[:, :, nyquist] = 0
+        return spectrum
+
+    def volume(self, box: int) -> torch.Tensor:
+        """Real-space map ``(box, box, box)`` ``[z, y, x]`` whose projections' DFTs are the slices."""
+        return ifft3_centered(self.spectrum(box)).real

@@ -1,0 +1,56 @@
+"""SIREN: a multilayer perceptron with sine activations (Sitzmann et al., NeurIPS 2020).
+
+Every hidden layer computes ``sin(ω0 (W x + b))``; the last layer is linear. Initialisation follows the
+SIREN paper: the first layer's weights are uniform in ``±1/n_in``, the others in ``±sqrt(6/n_in)/ω0``, so
+that pre-activations stay unit-scale at any depth.
+"""
+import math
+
+import torch
+from torch import nn
+
+
+class SineLayer(nn.Module):
+    """``sin(ω0 (W x + b))``; ``(..., in_features) -> (..., out_features)``."""
+
+    def __init__(self, in_features: int, out_features: int, omega_0: float, first: bool):
+        super().__init__()
+        self.omega_0 = omega_0
+        self.linear = nn.Linear(in_features, out_features)
+        bound = 1.0 / in_features if first else math.sqrt(6.0 / in_features) / omega_0
+        with torch.no_grad():
+            self.linear.weight.uniform_(-bound, bound)
+            self.linear.bias.uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.omega_0 * self.linear(x))
+
+
+class Siren(nn.Module):
+    """SIREN with ``hidden_layers`` sine layers after the first one and a linear output layer.
+
+    Args:
+        in_features: input dimension (3 for Fourier coordinates).
+        hidden_features: width of every hidden layer.
+        hidden_layers: number of hidden sine layers after the first sine layer.
+        out_features: output dimension.
+        first_omega_0: frequency factor of the first layer.
+        hidden_omega_0: frequency factor of the other sine layers.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, hidden_layers: int, out_features: int,
+                 first_omega_0: float = 30.0, hidden_omega_0: float = 30.0):
+        super().__init__()
+        layers = [SineLayer(in_features, hidden_features, first_omega_0, first=True)]
+        layers += [SineLayer(hidden_features, hidden_features, hidden_omega_0, first=False)
+                   for _ in range(hidden_layers)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden_features, out_features)
+        bound = math.sqrt(6.0 / hidden_features) / hidden_omega_0
+        with torch.no_grad():
+            self.head.weight.uniform_(-bound, bound)
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in_features) -> (..., out_features)``."""
+        return self.head(self.body(x))

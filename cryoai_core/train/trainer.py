@@ -1,0 +1,183 @@
+"""The training loop of ``cryoai abinit``: batches, time/epoch budget, metrics, checkpoints, signals.
+
+The learner sees random batches: epoch ``e`` visits the particles in the order of a permutation drawn
+from ``seed`` and ``e``, so that a run resumed from a checkpoint sees the same batches it would have
+seen. With an epoch budget (and no time budget) a resumed run reproduces the uninterrupted one.
+"""
+import csv
+import logging
+import math
+import os
+import signal
+import time
+
+import torch
+from tqdm import tqdm
+
+from cryoai_core.io.dataset import ParticleDataset, collate
+from cryoai_core.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, restore_learner, save_checkpoint
+from cryoai_core.train.learner import CryoAILearner
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.csv"
+METRIC_COLUMNS = ("step", "epoch", "phase", "radius_px", "loss", "agreement_degrees", "images_per_s",
+                  "elapsed_s")
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a checkpoint was written because the user asked the run to stop."""
+
+
+class Trainer:
+    """Runs a :class:`CryoAILearner` over a :class:`ParticleDataset` until the budget is spent.
+
+    Args:
+        learner: networks and optimizers (config in ``learner.config``).
+        dataset: particles at the training box (``dataset.box == config.box``).
+        outdir: run folder (checkpoint and metrics go there).
+        normalization: ``(mean, std)`` of the images; images are divided by ``std``.
+        progress_bar: show a tqdm bar.
+    """
+
+    def __init__(self, learner: CryoAILearner, dataset: ParticleDataset, outdir: str, normalization: tuple,
+                 progress_bar: bool = True, on_step=None):
+        self.learner = learner
+        self.config = learner.config
+        self.dataset = dataset
+        self.outdir = outdir
+        self.normalization = tuple(float(value) for value in normalization)
+        self.progress_bar = progress_bar
+        self.on_step = on_step
+        self.device = torch.device(self.config.device)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.counters = {"epoch": 0, "batch_in_epoch": 0, "images_seen": 0, "elapsed_s": 0.0}
+        self._stop_reason = None
+        self._last_checkpoint = time.monotonic()
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.outdir, CHECKPOINT_NAME)
+
+    def resume(self) -> None:
+        """Continue from ``outdir/checkpoint.pt`` (networks, optimizers, RNG, counters)."""
+        state = read_checkpoint(self.checkpoint_path)
+        self.counters.update(restore_learner(self.learner, state, self.generator))
+        self.normalization = tuple(state["progress"].get("normalization", self.normalization))
+        logger.info("resumed from %s: step %d, epoch %d, %.1f min done", self.checkpoint_path,
+                    self.learner.steps, self.counters["epoch"], self.counters["elapsed_s"] / 60)
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Stop at the next safe point, after writing a checkpoint."""
+        self._stop_reason = reason
+
+    def progress(self) -> float:
+        """Fraction of the budget spent, in [0, 1]."""
+        fractions = []
+        if self.config.epochs is not None:
+            fractions.append(self.counters["images_seen"] / (self.config.epochs * len(self.dataset)))
+        if self.config.max_minutes is not None:
+            fractions.append(self.counters["elapsed_s"] / (60.0 * self.config.max_minutes))
+        return min(1.0, max(fractions))
+
+    def _epoch_batches(self, epoch: int) -> list:
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(
+            self.config.seed * 100003 + epoch)).tolist()
+        size = self.config.batch_size
+        batches = [sorted(order[start:start + size]) for start in range(0, len(order), size)]
+        return [batch for batch in batches if len(batch) >= 2]
+
+    def _loader(self, batches: list):
+        if self.config.num_workers == 0:
+            return (self.dataset.__getitems__(batch) for batch in batches)
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate,
+                                           num_workers=self.config.num_workers, persistent_workers=False)
+
+    def _write_metrics(self, row: dict) -> None:
+        path = os.path.join(self.outdir, METRICS_NAME)
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _checkpoint(self) -> None:
+        progress = dict(self.counters, normalization=list(self.normalization))
+        save_checkpoint(self.checkpoint_path, self.learner, progress, self.generator)
+        self._last_checkpoint = time.monotonic()
+
+    def _install_signal_handlers(self) -> dict:
+        previous = {}
+
+        def handler(signum, _frame):
+            self.request_stop(f"received {signal.Signals(signum).name}")
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, handler)
+            except ValueError:
+                pass
+        return previous
+
+    def run(self) -> None:
+        """Train until the budget is spent (checkpoint at the end), or raise :class:`TrainingInterrupted`."""
+        previous = self._install_signal_handlers()
+        try:
+            self._loop()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _loop(self) -> None:
+        std = self.normalization[1]
+        total = 1000
+        bar = tqdm(total=total, desc="abinit", unit="‰", disable=not self.progress_bar,
+                   initial=int(total * self.progress()), dynamic_ncols=True)
+        window_start, window_images = time.monotonic(), 0
+        clock = time.monotonic() - self.counters["elapsed_s"]
+        while self.progress() < 1.0:
+            batches = self._epoch_batches(self.counters["epoch"])
+            skip = self.counters["batch_in_epoch"]
+            for batch in self._loader(batches[skip:]):
+                images = batch["image"].to(self.device, non_blocking=True) / std
+                ctf = batch["ctf"].to(self.device) if "ctf" in batch else None
+                if not torch.isfinite(images).all():
+                    raise ValueError("a batch holds NaN or infinite pixel values")
+                result = self.learner.step(images, ctf, self.progress(), self.generator)
+                if not math.isfinite(result.loss):
+                    raise RuntimeError(f"the loss became {result.loss} at step {self.learner.steps}; "
+                                       "lower the learning rates (--lr-encoder/--lr-decoder)")
+                self.counters["batch_in_epoch"] += 1
+                self.counters["images_seen"] += len(images)
+                self.counters["elapsed_s"] = time.monotonic() - clock
+                window_images += len(images)
+                if self.learner.steps % self.config.log_every == 0:
+                    now = time.monotonic()
+                    self._write_metrics({
+                        "step": self.learner.steps, "epoch": self.counters["epoch"], "phase": result.phase,
+                        "radius_px": f"{result.radius_px:.2f}", "loss": f"{result.loss:.6g}",
+                        "agreement_degrees": f"{result.agreement_degrees:.2f}",
+                        "images_per_s": f"{window_images / max(now - window_start, 1e-9):.1f}",
+                        "elapsed_s": f"{self.counters['elapsed_s']:.1f}"})
+                    window_start, window_images = now, 0
+                    bar.set_postfix(loss=f"{result.loss:.4g}", phase=result.phase[:4],
+                                    r=f"{result.radius_px:.0f}", refresh=False)
+                bar.update(int(total * self.progress()) - bar.n)
+                if self.on_step is not None:
+                    self.on_step(self)
+                safe = self.learner.at_safe_point
+                if safe and self._stop_reason is not None:
+                    self._checkpoint()
+                    bar.close()
+                    raise TrainingInterrupted(self._stop_reason)
+                due = time.monotonic() - self._last_checkpoint > 60.0 * self.config.checkpoint_minutes
+                if safe and due:
+                    self._checkpoint()
+                if self.progress() >= 1.0:
+                    break
+            else:
+                self.counters["epoch"] += 1
+                self.counters["batch_in_epoch"] = 0
+        bar.close()
+        self._checkpoint()

@@ -1,0 +1,104 @@
+"""What both cryoAI protocols share: GPU parameters, running ``cryoai``, input checks, aligned outputs."""
+import os
+
+import pyworkflow.protocol.params as params
+from pwem.objects import Transform
+from pwem.protocols import EMProtocol
+from pyworkflow.utils import getListFromRangeString
+
+from cryoai_scipion import Plugin
+from cryoai_scipion import convert
+from cryoai_scipion.constants import INPUT_STAR
+
+
+class CryoAIProtBase(EMProtocol):
+    """Base of the cryoAI protocols (hidden from the GUI: it has no ``_label``)."""
+
+    def _defineComputeParams(self, form):
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=True, label="Use GPU?",
+                       help="Train on a GPU (strongly recommended). Choose No to run on the CPU, which is "
+                            "only practical for tiny tests.")
+        form.addHidden(params.GPU_LIST, params.StringParam, default="0", label="Choose GPU ID",
+                       help="GPU to use, as numbered by nvidia-smi. cryoAI trains on one GPU; it is made "
+                            "visible to the job through CUDA_VISIBLE_DEVICES.")
+        form.addParallelSection(threads=1, mpi=0)
+
+    # --------------------------- running cryoai ----------------------------------------
+    def _runCryoai(self, subcommand: str, arguments: list):
+        """Run ``cryoai SUBCOMMAND ARGUMENTS`` as a job (its output goes to the run log)."""
+        gpus = self.getGpuList()[:1] if self.usesGpu() else []
+        environ = Plugin.getEnviron(gpus=gpus, threads=self.numberOfThreads.get())
+        device = "cuda" if self.usesGpu() else "cpu"
+        self.runJob(Plugin.getProgram(subcommand), " ".join(arguments + ["--device", device, "--no-progress"]),
+                    env=environ, numberOfMpi=1, numberOfThreads=1)
+
+    def _inputStarPath(self) -> str:
+        return self._getExtraPath(INPUT_STAR)
+
+    def _writeInputStar(self, particles):
+        count = convert.writeSetOfParticles(particles, self._inputStarPath(), self._getExtraPath("converted"))
+        self.info(f"wrote {count} particles to {self._inputStarPath()}")
+
+    # --------------------------- outputs ------------------------------------------------
+    def _alignedParticles(self, inputSet, starPath: str):
+        """A new SetOfParticles: ``inputSet`` (same images and CTFs) with the poses of ``starPath`` as a
+        projection alignment (Transform per particle, shifts in pixels)."""
+        names, angles, originsAngstrom = convert.readPoses(starPath)
+        if len(names) != inputSet.getSize():
+            raise ValueError(f"{starPath} holds {len(names)} particles, the input {inputSet.getSize()}")
+        inputNames = convert.readImageNames(self._inputStarPath())
+        mismatch = next((i for i, (a, b) in enumerate(zip(inputNames, names))
+                         if not convert.sameImage(a, b, os.path.dirname(starPath))), None)
+        if mismatch is not None:
+            raise ValueError(f"{starPath} row {mismatch + 1} is {names[mismatch]}, expected "
+                             f"{inputNames[mismatch]}: cryoai did not keep the input order")
+        shiftsPixels = originsAngstrom / inputSet.getSamplingRate()
+        outputSet = self._createSetOfParticles()
+        outputSet.copyInfo(inputSet)
+        outputSet.setAlignmentProj()
+        rows = iter(zip(angles, shiftsPixels))
+
+        def setPose(particle, row):
+            particle.setTransform(Transform(convert.poseToTransformMatrix(*row)))
+
+        outputSet.copyItems(inputSet, updateItemCallback=setPose, itemDataIterator=rows)
+        return outputSet
+
+    # --------------------------- validation helpers -------------------------------------
+    def _validateParticles(self, particles) -> list:
+        """Errors for a particle set cryoAI cannot use."""
+        if particles is None:
+            return []
+        errors = []
+        size = particles.getSize()
+        if size == 0:
+            return ["The input set of particles is empty."]
+        if not particles.hasCTF():
+            errors.append("The input particles have no CTF. cryoAI models the CTF of every particle: "
+                          "estimate CTFs (e.g. CTFFIND) before extraction, or assign them.")
+        if particles.isPhaseFlipped():
+            errors.append("The input particles are phase flipped; cryoAI needs particles with the full "
+                          "CTF (not phase flipped).")
+        box = particles.getXDim()
+        if box is not None and box % 2:
+            errors.append(f"The particle box is {box} px; cryoAI (like RELION refinement) needs an even "
+                          f"box. Re-extract or resize the particles to an even box.")
+        return errors
+
+    def _validateGpus(self) -> list:
+        if not self.usesGpu():
+            return []
+        try:
+            gpus = getListFromRangeString(self.gpuList.get())
+        except ValueError:
+            gpus = None
+        if not gpus or any(not isinstance(gpu, int) or gpu < 0 for gpu in gpus):
+            return [f"Invalid GPU list '{self.gpuList.get()}': give one GPU number such as 0 (as numbered "
+                    f"by nvidia-smi), or choose not to use a GPU."]
+        return []
+
+    def _gpuWarnings(self) -> list:
+        if self.usesGpu() and len(self.getGpuList()) > 1:
+            return [f"cryoAI trains on one GPU; only GPU {self.getGpuList()[0]} will be used."]
+        return []
+
