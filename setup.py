@@ -12,7 +12,7 @@ CORE = [
     "torch>=2.1",
     "numpy>=1.24",
     "mrcfile>=1.4",
-    "starfile>=0.5",
+    "starfile>=0.5,<0.6",
     "pandas>=2.1",
     "roma>=1.4",
     "pyyaml>=6",
@@ -25,6 +25,7 @@ SCIPION = [
     "scipion-em>=3.11",
     "scipion-app>=3.8",
     "scipion-em-relion>=5.0",
+    "scipion-em-cryosparc2>=5.0",
     "pandas<3",
     "numpy<2",
 ]

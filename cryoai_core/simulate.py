@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from cryoai_core.ctf import CTFParams, compute_ctf
-from cryoai_core.fourier import fft2_centered, frequency_grid_2d, ifft2_centered, ifft3_centered, \
-    frequency_grid_3d, translation_phase
+from cryoai_core.fourier import crop_or_pad_real, fft2_centered, frequency_grid_2d, ifft2_centered, \
+    resample_volume, translation_phase
 from cryoai_core.io.particles import CTF_FIELDS, ParticleTable
 from cryoai_core.provenance import save_config
 from cryoai_core.rotations import matrix_to_euler, random_rotations
@@ -122,6 +122,8 @@ class ImageSimulator:
     def __init__(self, volume: torch.Tensor, voxel_size_angstrom: float, config: SimulationConfig):
         oversampling = config.oversampling or (4 if volume.shape[-1] <= 128 else 2)
         self.fourier_volume = VoxelFourierVolume(volume, voxel_size_angstrom, oversampling)
+        self.volume = volume
+        self.voxel_size_angstrom = float(voxel_size_angstrom)
         self.box = config.box or volume.shape[-1]
         self.pixel_size_angstrom = config.pixel_size_angstrom or float(voxel_size_angstrom)
         self.apply_ctf = config.apply_ctf
@@ -137,13 +139,16 @@ class ImageSimulator:
         return ifft2_centered(spectra).real.to(torch.float32)
 
     def reference_map(self) -> torch.Tensor:
-        """The map resampled onto the particle grid (box and pixel size), ``(box, box, box)``."""
-        freqs = frequency_grid_3d(self.box, self.pixel_size_angstrom, dtype=torch.float64)
-        nyquist = 0.5 / self.fourier_volume.voxel_size_angstrom
-        inside = (freqs.abs() < nyquist).all(dim=-1)
-        spectrum = self.fourier_volume.sample(freqs) * inside
-        scale = self.fourier_volume.voxel_size_angstrom ** 3 / self.pixel_size_angstrom ** 3
-        return (ifft3_centered(spectrum * scale).real).to(torch.float32)
+        """The map resampled onto the particle grid (box and pixel size), ``(box, box, box)``.
+
+        Fourier crop/pad to the box that brings the voxel size closest to the pixel size, then crop or
+        pad in real space to the particle box; voxel values are kept (mean preserved).
+        """
+        size = self.volume.shape[-1]
+        matched = max(2, int(round(size * self.voxel_size_angstrom / self.pixel_size_angstrom)))
+        resampled = resample_volume(self.volume.to(torch.float64), matched) if matched != size \
+            else self.volume.to(torch.float64)
+        return crop_or_pad_real(resampled, self.box, 3).to(torch.float32)
 
 
 def noise_sigma(simulator: ImageSimulator, config: SimulationConfig) -> float:

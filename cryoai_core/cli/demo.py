@@ -53,10 +53,11 @@ def main(args):
               "poses": evaluate_poses(os.path.join(run, "particles.star"), os.path.join(data, "particles.star"))}
     with open(os.path.join(args.outdir, "evaluation.json"), "w") as handle:
         json.dump(report, handle, indent=2)
-    fsc = report["map"]
+    fsc = report["map"]["resolution"]["0.5"]
     poses = report["poses"]
-    print(f"\nFSC=0.5 vs ground truth: {fsc['resolution_fsc05_px']:.2f} px ({fsc['resolution_fsc05_angstrom']:.1f} Å); "
-          f"median rotation error {poses['median_angle_degrees']:.1f}°")
+    print(f"\nFSC=0.5 vs ground truth: {fsc['pixels']:.2f} px ({fsc['angstrom']:.1f} Å); "
+          f"median rotation error {poses['median_angle_degrees']:.1f}° "
+          f"(squared Frobenius {poses['median_squared_frobenius']:.4f}; random poses give about 130°)")
     print(f"map:      {os.path.join(run, 'volume.mrc')}\nposes:    {os.path.join(run, 'particles.star')}\n"
           f"pictures: {run}/{{loss,poses,slices}}.png, {os.path.join(args.outdir, 'evaluation')}\n"
           f"figures:  {os.path.join(args.outdir, 'evaluation.json')}")

@@ -7,12 +7,14 @@ The alignment ``(R, t, mirrored)`` of a map ``V`` is the map
 
 i.e. ``V`` is first mirrored (``z -> −z``) if ``mirrored``, then rotated by ``R`` about the box centre
 (content at ``y`` moves to ``R y``), then translated by ``t`` voxels. Trilinear interpolation
-(``grid_sample``) does the resampling; values outside the box are zero.
+(``grid_sample``) does the resampling; values outside the box are zero. For a predicted map aligned onto
+the true one, ``R`` is the global rotation ``G`` of :mod:`cryoai_core.evaluate.poses` (``A_i ≈ T_i G``).
 
 Search: both maps are Fourier-cropped to a small box, a quasi-uniform set of rotations (both hands)
 is scored by the normalized cross-correlation at the best translation (one FFT per rotation), the best
 candidates are refined by random perturbations on a shrinking angular scale, and the best of each hand
 is polished at full size by gradient ascent on the correlation over rotation and sub-voxel shift.
+About 1 s for a 32³ map and 4 s for 64³ on two CPU cores with the default :class:`AlignmentConfig`.
 """
 import dataclasses
 import logging
@@ -28,6 +30,7 @@ from cryoai_core.pose_search import grid_spacing_degrees, super_fibonacci_rotati
 from cryoai_core.rotations import MIRROR
 
 logger = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class AlignmentResult:

@@ -45,6 +45,8 @@ class FourierNet(nn.Module):
         scaled = 2.0 * half
         values = torch.exp(self.envelope(scaled)) * self.modulant(scaled)
         imaginary = torch.where(mirrored, -values[..., 1], values[..., 1])
+        origin = (coords == 0).all(dim=-1)
+        imaginary = torch.where(origin, torch.zeros_like(imaginary), imaginary)
         return torch.complex(values[..., 0], imaginary)
 
     @torch.no_grad()

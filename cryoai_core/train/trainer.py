@@ -46,6 +46,7 @@ class Trainer:
         self.config = learner.config
         self.dataset = dataset
         self.outdir = outdir
+        os.makedirs(outdir, exist_ok=True)
         self.normalization = tuple(float(value) for value in normalization)
         self.progress_bar = progress_bar
         self.on_step = on_step

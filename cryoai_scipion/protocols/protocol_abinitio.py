@@ -44,7 +44,7 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
         form.addParam("invertContrast", params.BooleanParam, default=False, label="Invert contrast?",
                       help="cryoAI expects white particles on a dark background, as extracted by RELION and "
                            "most Scipion protocols. Choose Yes if your particles are dark.")
-        form.addParam("trainingBox", params.IntParam, default=128, label="Training box (px)",
+        form.addParam("trainingBox", params.IntParam, default=64, label="Training box (px)",
                       help="The particles are Fourier-cropped to this box for training, which sets the "
                            "speed and the best attainable resolution (Nyquist of the cropped images). "
                            "Must be even. If it is larger than the particle box, the particle box is used. "
@@ -57,12 +57,12 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
         form.addParam("maxMinutes", params.FloatParam, default=0, label="Time budget (minutes)",
                       help="Stop training after this many minutes, whatever the epoch. 0: no limit. Training "
                            "stops at whichever limit comes first.")
-        form.addParam("batchSize", params.IntParam, default=32, label="Batch size",
+        form.addParam("batchSize", params.IntParam, default=128, label="Batch size",
                       help="Particles per optimisation step. Larger batches use more GPU memory.")
         form.addParam("seed", params.IntParam, default=0, label="Random seed",
                       help="Seed of the network initialisation and of the particle order, for "
                            "reproducible runs.")
-        form.addParam("lrEncoder", params.FloatParam, default=1e-4, expertLevel=params.LEVEL_ADVANCED,
+        form.addParam("lrEncoder", params.FloatParam, default=1e-3, expertLevel=params.LEVEL_ADVANCED,
                       label="Encoder learning rate",
                       help="Learning rate of the pose encoder (Adam).")
         form.addParam("lrDecoder", params.FloatParam, default=1e-3, expertLevel=params.LEVEL_ADVANCED,
@@ -73,6 +73,11 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
                       help="Compare each particle also with its 180° in-plane rotation and keep the better "
                            "match. This avoids the encoder's main failure mode and is recommended; "
                            "it doubles the cost of the loss.")
+        form.addParam("poseBootstrap", params.BooleanParam, default=True, expertLevel=params.LEVEL_ADVANCED,
+                      label="Pose-search bootstrap?",
+                      help="Start with a short search of orientations against the current map to guide the "
+                           "encoder, then continue with amortized inference only. No: amortized inference "
+                           "from the start.")
         form.addParam("numWorkers", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label="Data loading workers",
                       help="Processes reading particles in the background (0: read in the training "
@@ -143,15 +148,18 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
             args.append("--invert-contrast")
         if not self.symmetricLoss.get():
             args.append("--no-symmetric-loss")
+        if not self.poseBootstrap.get():
+            args.append("--no-bootstrap")
         return args + shlex.split(self.extraParams.get() or "")
 
     def readMetrics(self) -> list:
-        """Rows of the core's ``metrics.csv`` (step, epoch, loss, images_per_s, elapsed_s) as dicts of floats."""
+        """Rows of the core's ``metrics.csv`` (step, epoch, loss, images_per_s, elapsed_s, ...) as dicts;
+        numbers are floats, other values (e.g. the training phase) strings."""
         path = self._getTrainPath("metrics.csv")
         if not os.path.exists(path):
             return []
         with open(path, newline="") as handle:
-            return [{key: float(value) for key, value in row.items() if value not in (None, "")}
+            return [{key: _number(value) for key, value in row.items() if value not in (None, "")}
                     for row in csv.DictReader(handle)]
 
     # --------------------------- info -------------------------------------------------------
@@ -229,3 +237,10 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
 
     def _citations(self):
         return ["Levy2022"]
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text

@@ -47,7 +47,7 @@ def grabFormWindow(protocol, path: str):
     def grab():
         window.root.update()
         ImageGrab.grab(xdisplay=os.environ["DISPLAY"]).save(path)
-        window.root.destroy()
+        window.root.quit()
 
     window.root.after(SETTLE_SECONDS * 300, grab)
     window.show(center=True)

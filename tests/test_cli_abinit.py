@@ -1,0 +1,100 @@
+"""`cryoai abinit` / `cryoai predict-poses` end to end on a tiny simulated set, and their input checks."""
+import os
+
+import mrcfile
+import numpy as np
+import pytest
+
+from cryoai_core.cli import main
+from cryoai_core.cli.evaluate import evaluate_map, evaluate_poses
+from cryoai_core.io.star import read_star
+
+RANDOM_POSES_MEDIAN_DEGREES = 132.0
+"""Median geodesic error of uniformly random rotations after the best global alignment is about 130°."""
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    outdir = str(tmp_path_factory.mktemp("sim"))
+    assert main(["simulate", "-o", outdir, "-n", "1000", "--box", "16", "--pixel-size", "6", "--shift-sigma", "3",
+                 "--seed", "1", "--no-progress"]) == 0
+    return outdir
+
+
+@pytest.fixture(scope="module")
+def trained(simulated, tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("run"))
+    star = os.path.join(simulated, "particles.star")
+    assert main(["abinit", star, "-o", run, "--epochs", "12", "--batch-size", "64", "--threads", "1",
+                 "--no-progress"]) == 0
+    return run
+
+
+def test_abinit_reconstructs_far_beyond_random_poses(simulated, trained):
+    for name in ("volume.mrc", "particles.star", "checkpoint.pt", "config.yaml", "metrics.csv", "run.log",
+                 "loss.png", "poses.png", "slices.png"):
+        assert os.path.getsize(os.path.join(trained, name)) > 0, name
+    with mrcfile.open(os.path.join(trained, "volume.mrc")) as handle:
+        assert handle.data.shape == (16, 16, 16)
+        assert handle.voxel_size.x == pytest.approx(6.0)
+    report = evaluate_map(os.path.join(trained, "volume.mrc"), os.path.join(simulated, "reference.mrc"), trained)
+    assert report["resolution"]["0.5"]["pixels"] < 3.5
+    poses = evaluate_poses(os.path.join(trained, "particles.star"), os.path.join(simulated, "particles.star"))
+    assert poses["median_angle_degrees"] < 0.5 * RANDOM_POSES_MEDIAN_DEGREES
+    table = read_star(os.path.join(trained, "particles.star"))
+    truth = read_star(os.path.join(simulated, "particles.star"))
+    assert len(table) == len(truth)
+    np.testing.assert_allclose(table.ctf, truth.ctf)
+
+
+def test_predict_poses_reuses_the_trained_encoder(simulated, trained, tmp_path):
+    output = str(tmp_path / "predicted.star")
+    assert main(["predict-poses", "--checkpoint", os.path.join(trained, "checkpoint.pt"),
+                 os.path.join(simulated, "particles.star"), "-o", output, "--no-progress"]) == 0
+    predicted = read_star(output)
+    reference = read_star(os.path.join(trained, "particles.star"))
+    np.testing.assert_allclose(predicted.euler_angles_degrees, reference.euler_angles_degrees, atol=1e-3)
+
+
+def test_a_finished_run_is_not_overwritten(simulated, trained, capsys):
+    assert main(["abinit", os.path.join(simulated, "particles.star"), "-o", trained, "--epochs", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--box", "15"], "--box must be even"),
+    (["--box", "64"], "at most the particle box"),
+    (["--epochs", "-1"], "--epochs must be positive"),
+    (["--batch-size", "1"], "--batch-size"),
+    (["--resume"], "holds no checkpoint"),
+    (["--device", "cuda:7"], "CUDA"),
+])
+def test_bad_options_are_one_line_errors(simulated, tmp_path, capsys, extra, message):
+    code = main(["abinit", os.path.join(simulated, "particles.star"), "-o", str(tmp_path / "out"),
+                 "--epochs", "1"] + extra)
+    error = capsys.readouterr().err
+    assert code == 2
+    assert message in error
+    assert "Traceback" not in error and len(error.strip().splitlines()) == 1
+
+
+def test_particles_without_ctf_are_refused(tmp_path, capsys):
+    data = str(tmp_path / "noctf")
+    assert main(["simulate", "-o", data, "-n", "20", "--box", "16", "--pixel-size", "6", "--no-ctf",
+                 "--no-progress"]) == 0
+    assert main(["abinit", os.path.join(data, "particles.star"), "-o", str(tmp_path / "out"), "--epochs", "1"]) == 2
+    assert "CTF" in capsys.readouterr().err
+
+
+def test_nan_images_and_bad_output_folders_are_refused(simulated, tmp_path, capsys):
+    data = str(tmp_path / "nan")
+    assert main(["simulate", "-o", data, "-n", "20", "--box", "16", "--pixel-size", "6", "--no-progress"]) == 0
+    with mrcfile.open(os.path.join(data, "particles.mrcs"), "r+") as handle:
+        handle.data[3, 2, 2] = np.nan
+    assert main(["abinit", os.path.join(data, "particles.star"), "-o", str(tmp_path / "out"), "--epochs", "1"]) == 2
+    assert "NaN" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["abinit", os.path.join(simulated, "particles.star"), "-o", str(blocker / "run"),
+                 "--epochs", "1"]) == 2
+    assert "output folder" in capsys.readouterr().err
