@@ -5,6 +5,7 @@
 set -uo pipefail
 PY="${1:-python3}"
 PY="$(command -v "$PY")"
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"   # absolute, without resolving the venv symlink
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/home" "$WORK/userdata"
