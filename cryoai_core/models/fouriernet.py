@@ -50,11 +50,17 @@ class FourierNet(nn.Module):
         return torch.complex(values[..., 0], imaginary)
 
     @torch.no_grad()
-    def spectrum(self, box: int, chunk: int = 65536) -> torch.Tensor:
-        """The centred transform on the ``box³`` grid, complex ``(box, box, box)``, ``[kz, ky, kx]``."""
+    def spectrum(self, box: int, radius_px: float | None = None, chunk: int = 65536) -> torch.Tensor:
+        """The centred transform on the ``box³`` grid, complex ``(box, box, box)``, ``[kz, ky, kx]``.
+
+        With ``radius_px``, frequencies beyond that radius (Fourier pixels; e.g. the largest radius the
+        loss ever saw) are set to zero instead of the network's untrained extrapolation.
+        """
         device = next(self.parameters()).device
         coords = frequency_grid_3d(box, device=device).reshape(-1, 3)
         values = torch.cat([self(part) for part in coords.split(chunk)])
+        if radius_px is not None:
+            values = values * (torch.linalg.vector_norm(coords, dim=-1) * box <= radius_px)
         spectrum = values.reshape(box, box, box)
         nyquist = torch.arange(box, device=device) == 0
         if box % 2 == 0:
@@ -64,6 +70,7 @@ class FourierNet(nn.Module):
             spectrum[:, :, nyquist] = 0
         return spectrum
 
-    def volume(self, box: int) -> torch.Tensor:
-        """Real-space map ``(box, box, box)`` ``[z, y, x]`` whose projections' DFTs are the slices."""
-        return ifft3_centered(self.spectrum(box)).real
+    def volume(self, box: int, radius_px: float | None = None) -> torch.Tensor:
+        """Real-space map ``(box, box, box)`` ``[z, y, x]`` whose projections' DFTs are the slices
+        (band-limited to ``radius_px`` Fourier pixels when given)."""
+        return ifft3_centered(self.spectrum(box, radius_px)).real

@@ -21,11 +21,13 @@ def export_volume(learner, normalization_std: float, output_box: int) -> torch.T
     """The real-space map ``(output_box,)*3`` ``[z, y, x]`` at the input pixel size.
 
     FourierNet models ``FFT2(image / std) / L`` on central slices, so the map's 3D transform is ``L``
-    times FourierNet on the ``L³`` grid; the result is scaled back to image units and Fourier padded to
-    the input box (values per voxel kept, so projections stay in the input's scale).
+    times FourierNet on the ``L³`` grid, kept inside the sphere the loss was trained on (the corners of
+    the cube are untrained extrapolation); the result is scaled back to image units and Fourier padded
+    to the input box (values per voxel kept, so projections stay in the input's scale).
     """
     box = learner.config.box
-    volume = learner.decoder.volume(box).float().cpu() * box * normalization_std
+    volume = learner.decoder.volume(box, radius_px=learner.config.nyquist_radius_px + 0.5).float().cpu()
+    volume = volume * box * normalization_std
     if output_box != box:
         volume = resample_volume(volume, output_box) * (box / output_box)
     return volume
