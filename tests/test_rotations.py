@@ -6,17 +6,7 @@ from scipy.spatial.transform import Rotation
 
 from cryoai_core.rotations import (MIRROR, compose_in_plane_180, euler_to_matrix, geodesic_angle, matrix_to_euler,
                                    matrix_to_sixd, random_rotations, sixd_to_matrix, squared_frobenius_to_degrees)
-
-
-def relion_matrix(rot_deg: float, tilt_deg: float, psi_deg: float) -> np.ndarray:
-    """``Euler_angles2matrix`` written out from conventions.md."""
-    ca, sa = np.cos(np.radians(rot_deg)), np.sin(np.radians(rot_deg))
-    cb, sb = np.cos(np.radians(tilt_deg)), np.sin(np.radians(tilt_deg))
-    cg, sg = np.cos(np.radians(psi_deg)), np.sin(np.radians(psi_deg))
-    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
-    return np.array([[cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
-                     [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
-                     [sc, ss, cb]])
+from reference_formulas import relion_matrix
 
 
 def rotation_about_z(theta_rad: float) -> np.ndarray:

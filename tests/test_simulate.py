@@ -15,6 +15,7 @@ from cryoai_core.cli import simulate as simulate_cli
 from cryoai_core.io.mrc import open_stack, read_mrc, write_mrc
 from cryoai_core.io.star import read_star
 from cryoai_core.simulate import ImageSimulator, SimulationConfig, simulate
+from reference_formulas import blob_volume, relion_matrix
 
 BOX = 32
 VOXEL = 1.5
@@ -22,25 +23,6 @@ BLOBS = (np.array([1.0, 0.7, 0.5]),
          np.array([[4.0, -2.0, 1.0], [-3.0, 3.5, -2.0], [0.5, 1.0, 5.0]]),
          np.array([3.0, 2.6, 2.8]))
 CENTRED_BLOB = (np.array([1.0]), np.array([[0.0, 0.0, 0.0]]), np.array([3.0]))
-
-
-def blob_volume(blobs, box: int = BOX, voxel: float = VOXEL) -> np.ndarray:
-    coords = (np.arange(box) - box // 2) * voxel
-    z, y, x = np.meshgrid(coords, coords, coords, indexing="ij")
-    volume = np.zeros((box,) * 3)
-    for amplitude, (cx, cy, cz), sigma in zip(*blobs):
-        volume += amplitude * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * sigma ** 2))
-    return volume
-
-
-def relion_matrix(rot_deg: float, tilt_deg: float, psi_deg: float) -> np.ndarray:
-    ca, sa = np.cos(np.radians(rot_deg)), np.sin(np.radians(rot_deg))
-    cb, sb = np.cos(np.radians(tilt_deg)), np.sin(np.radians(tilt_deg))
-    cg, sg = np.cos(np.radians(psi_deg)), np.sin(np.radians(psi_deg))
-    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
-    return np.array([[cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
-                     [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
-                     [sc, ss, cb]])
 
 
 def particle_image(blobs, matrix, origin_angstrom, box: int = BOX, pixel: float = VOXEL) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 from cryoai_core.fourier import rotate_180_in_plane
 from cryoai_core.rotations import MIRROR, compose_in_plane_180, euler_to_matrix, random_rotations
 from cryoai_core.slicing import VoxelFourierVolume, central_slice_coords
+from reference_formulas import blob_volume
 
 BOX = 32
 VOXEL = 1.5
@@ -23,16 +24,6 @@ def random_blobs(seed: int, count: int = 4):
     centres = rng.uniform(-6.0, 6.0, size=(count, 3))
     sigmas = rng.uniform(2.5, 3.5, count)
     return amplitudes, centres, sigmas
-
-
-def blob_volume(blobs, box: int = BOX, voxel: float = VOXEL) -> np.ndarray:
-    """The blobs sampled on the voxel grid ``[z, y, x]``, centre at index ``box // 2``."""
-    coords = (np.arange(box) - box // 2) * voxel
-    z, y, x = np.meshgrid(coords, coords, coords, indexing="ij")
-    volume = np.zeros((box,) * 3)
-    for amplitude, (cx, cy, cz), sigma in zip(*blobs):
-        volume += amplitude * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * sigma ** 2))
-    return volume
 
 
 def analytic_projection(blobs, matrix: np.ndarray, box: int = BOX, pixel: float = VOXEL) -> np.ndarray:

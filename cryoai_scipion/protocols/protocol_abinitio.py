@@ -51,7 +51,8 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
                            "The output map always has the particles' box and pixel size.")
         form.addParam("maskRadiusA", params.FloatParam, default=-1, label="Mask radius (Å)",
                       help="Radius of the circular mask applied to the particle images, in Å. "
-                           "-1: no mask. Use the wizard to draw it on your particles.")
+                           "-1: the default, a soft-edged mask at 90% of half the box. "
+                           "Use the wizard to draw it on your particles.")
         form.addParam("numEpochs", params.IntParam, default=20, label="Epochs",
                       help="Passes over the whole data set. 0: no limit (then set a time budget).")
         form.addParam("maxMinutes", params.FloatParam, default=0, label="Time budget (minutes)",
