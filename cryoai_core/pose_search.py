@@ -55,9 +55,11 @@ class GridVolume:
     def from_network(cls, network, box: int, radius_px: float, oversampling: int = 2) -> "GridVolume":
         """Evaluate ``network`` (coords in cycles/px -> complex) inside ``radius_px`` Fourier pixels."""
         size = oversampling * box
-        coords = frequency_grid_3d(size)
+        parameter = next(iter(network.parameters()), None) if hasattr(network, "parameters") else None
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        coords = frequency_grid_3d(size, device=device)
         inside = torch.linalg.vector_norm(coords, dim=-1) * box <= radius_px + 2.0
-        values = torch.zeros(coords.shape[:-1], dtype=torch.complex64)
+        values = torch.zeros(coords.shape[:-1], dtype=torch.complex64, device=device)
         values[inside] = network(coords[inside]).to(torch.complex64)
         return cls(values)
 
@@ -117,20 +119,22 @@ class PoseSearch:
     def search(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,
                generator: torch.Generator | None = None) -> SearchResult:
         """Best poses of ``B`` images given their half-disk transforms ``targets`` ``(B, N)`` and CTFs."""
-        ctf = torch.ones(targets.shape, dtype=torch.float32) if ctf is None else ctf.float()
+        device = targets.device
+        ctf = torch.ones(targets.shape, dtype=torch.float32, device=device) if ctf is None else ctf.float()
         weights = disk.weights.float()
         weighted = weights * ctf * targets.conj()
         ctf_energy = weights * ctf ** 2
-        phases = shift_phase(disk.freqs_px.float(), self.shifts)                     # (S, N)
-        offset = roma.random_rotmat(generator=generator).float()
-        rotations = self.base_rotations @ offset
+        shifts = self.shifts.to(device)
+        phases = shift_phase(disk.freqs_px.float(), shifts)                          # (S, N)
+        offset = roma.random_rotmat(generator=generator).float().to(device)
+        rotations = self.base_rotations.to(device) @ offset
         slices = volume(central_slice_coords(rotations, disk.freqs_px.float()))      # (R, N)
         scores = self._scores(weighted, ctf_energy, phases, slices)
         flat = scores.reshape(scores.shape[0], -1).argmin(dim=1)
         best_shift, best_rotation = flat // rotations.shape[0], flat % rotations.shape[0]
         current = rotations[best_rotation]
         best_distance = scores.reshape(scores.shape[0], -1).gather(1, flat[:, None]).squeeze(1)
-        current_shift = self.shifts[best_shift]
+        current_shift = shifts[best_shift]
         step = math.radians(self.step_degrees) / 2.0
         for _ in range(self.refine_steps):
             current, current_shift, best_distance = self._refine(
@@ -140,7 +144,7 @@ class PoseSearch:
 
     def _refine(self, volume, weighted, ctf_energy, phases, disk, rotations, step_radians):
         """Try ``27`` small rotations around each image's current best (and every translation)."""
-        perturb = roma.rotvec_to_rotmat(self.local_offsets * step_radians)           # (K, 3, 3)
+        perturb = roma.rotvec_to_rotmat(self.local_offsets.to(rotations.device) * step_radians)  # (K, 3, 3)
         candidates = rotations.unsqueeze(1) @ perturb.unsqueeze(0)                    # (B, K, 3, 3)
         batch, count = candidates.shape[:2]
         coords = central_slice_coords(candidates.reshape(-1, 3, 3), disk.freqs_px.float())
@@ -152,4 +156,4 @@ class PoseSearch:
         flat = scores.argmin(dim=1)
         shift_index, rotation_index = flat // count, flat % count
         chosen = candidates[torch.arange(batch), rotation_index]
-        return chosen, self.shifts[shift_index], scores.gather(1, flat[:, None]).squeeze(1)
+        return chosen, self.shifts.to(chosen.device)[shift_index], scores.gather(1, flat[:, None]).squeeze(1)
