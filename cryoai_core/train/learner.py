@@ -176,9 +176,11 @@ class CryoAILearner(torch.nn.Module):
         else:
             loss = distances.mean()
         self.encoder_optimizer.zero_grad(set_to_none=True)
-        self._optimizer_step(self.decoder_optimizer, list(self.decoder.parameters()), loss)
-        torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.config.grad_clip)
-        self.encoder_optimizer.step()
+        self.decoder_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for network, optimizer in ((self.decoder, self.decoder_optimizer), (self.encoder, self.encoder_optimizer)):
+            torch.nn.utils.clip_grad_norm_(network.parameters(), self.config.grad_clip)
+            optimizer.step()
         return loss.item()
 
     @torch.no_grad()
