@@ -36,7 +36,7 @@ def export_volume(learner, normalization_std: float, output_box: int) -> torch.T
 @torch.no_grad()
 def predict_all_poses(learner, dataset: ParticleDataset, normalization_std: float, batch_size: int = 256,
                       device="cpu", progress_bar: bool = True) -> tuple:
-    """Amortized poses of every particle: ``(euler_angles_degrees (N, 3), origins_angstrom (N, 2))``."""
+    """Amortized poses of every particle: ``(euler_angles_degrees (N, 3), origins_angstrom (N, 2), rotations (N, 3, 3))``."""
     count = len(dataset)
     rotations = torch.empty(count, 3, 3)
     origins = torch.empty(count, 2)
