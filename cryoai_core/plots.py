@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cryoai_core.io.atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -21,7 +23,8 @@ def _save(figure: Figure, path) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, format="png")
     return path
 
 

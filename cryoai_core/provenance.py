@@ -1,12 +1,12 @@
 """Run provenance: every run saves its frozen configuration with the version, time and command line."""
 import dataclasses
 import datetime
-import os
 import sys
 
 import yaml
 
 from cryoai_core import __version__
+from cryoai_core.io.atomic import atomic_open
 
 
 def save_config(config, path: str, **extra) -> None:
@@ -18,10 +18,8 @@ def save_config(config, path: str, **extra) -> None:
         type(config).__name__: dataclasses.asdict(config),
     }
     document.update(extra)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
+    with atomic_open(path, "w") as handle:
         yaml.safe_dump(document, handle, sort_keys=False)
-    os.replace(tmp, path)
 
 
 def load_config(cls, path: str):

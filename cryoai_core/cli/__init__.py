@@ -3,12 +3,17 @@
 The first line of a subcommand module's docstring is its help; the rest is shown after its options.
 """
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
+import traceback
 
 from cryoai_core import __version__
+from cryoai_core.errors import (EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED, EXIT_STORAGE, CryoAIError,
+                                InputError, Interrupted, describe_os_error)
 
 SUBCOMMANDS = {
     "simulate": "cryoai_core.cli.simulate",
@@ -19,8 +24,9 @@ SUBCOMMANDS = {
 }
 
 
-class CommandError(Exception):
-    """A user error that the command line reports in one line (no traceback)."""
+CommandError = InputError
+"""A user error that the command line reports in one line (no traceback); exit code 2."""
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +43,75 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises :class:`Interrupted` (so ``finally`` blocks and temporary-file cleanup run)."""
+
+    def handler(signum, _frame):
+        raise Interrupted(f"received {signal.Signals(signum).name}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_command(module, args, name: str) -> int:
+    """Run a subcommand's ``main`` behind the error boundary; return the exit code.
+
+    Expected failures (:class:`~cryoai_core.errors.CryoAIError`, ``ValueError`` for bad input,
+    ``OSError`` for storage) print one line on stderr; an unexpected exception prints its traceback and
+    a request to report it (exit code 1). ``CRYOAI_DEBUG=1`` re-raises everything.
+    """
+    prefix = f"cryoai {name}: error:"
+    try:
+        with _sigterm_as_interrupt():
+            return int(module.main(args) or 0)
+    except Interrupted as error:
+        if os.environ.get("CRYOAI_DEBUG"):
+            raise
+        print(f"cryoai {name}: interrupted: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"cryoai {name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except CryoAIError as error:
+        if os.environ.get("CRYOAI_DEBUG"):
+            raise
+        print(f"{prefix} {_one_line(error)}", file=sys.stderr)
+        return error.exit_code
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+        if os.environ.get("CRYOAI_DEBUG"):
+            raise
+        text = describe_os_error(error) if error.strerror else str(error)
+        print(f"{prefix} {_one_line(text)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        if os.environ.get("CRYOAI_DEBUG"):
+            raise
+        print(f"{prefix} {_one_line(describe_os_error(error))}", file=sys.stderr)
+        return EXIT_STORAGE
+    except ValueError as error:
+        if os.environ.get("CRYOAI_DEBUG"):
+            raise
+        print(f"{prefix} {_one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception:
+        traceback.print_exc()
+        print(f"cryoai {name}: internal error (a bug in cryoAI {__version__}, not a problem with your input); "
+              "please report it to the developers with the traceback above and the command line", file=sys.stderr)
+        return EXIT_BUG
+
+
+def _one_line(error) -> str:
+    return " ".join(str(error).split())
+
+
 def main(argv=None) -> int:
     """Entry point of the ``cryoai`` console script."""
     parser = build_parser()
@@ -44,17 +119,7 @@ def main(argv=None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                             datefmt="%H:%M:%S")
-    try:
-        result = args._module.main(args)
-    except (CommandError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
-        if os.environ.get("CRYOAI_DEBUG"):
-            raise
-        print(f"cryoai {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"cryoai {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return int(result or 0)
+    return run_command(args._module, args, args.command)
 
 
 if __name__ == "__main__":

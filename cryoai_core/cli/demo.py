@@ -12,6 +12,7 @@ import json
 import os
 
 from cryoai_core.cli import CommandError
+from cryoai_core.io.atomic import atomic_open
 
 
 def add_args(parser):
@@ -51,7 +52,7 @@ def main(args):
     report = {"map": evaluate_map(os.path.join(run, "volume.mrc"), os.path.join(data, "reference.mrc"),
                                   os.path.join(args.outdir, "evaluation")),
               "poses": evaluate_poses(os.path.join(run, "particles.star"), os.path.join(data, "particles.star"))}
-    with open(os.path.join(args.outdir, "evaluation.json"), "w") as handle:
+    with atomic_open(os.path.join(args.outdir, "evaluation.json"), "w") as handle:
         json.dump(report, handle, indent=2)
     fsc = report["map"]["resolution"]["0.5"]
     poses = report["poses"]

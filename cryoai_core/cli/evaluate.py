@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from cryoai_core.cli import CommandError
+from cryoai_core.io.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def main(args):
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(folder, exist_ok=True)
-        with open(args.json, "w") as handle:
+        with atomic_open(args.json, "w") as handle:
             json.dump(_finite_or_none(results), handle, indent=2, allow_nan=False)
         print(f"wrote {args.json}")
     return 0

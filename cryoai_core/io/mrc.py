@@ -13,6 +13,8 @@ import mrcfile
 import mrcfile.utils
 import numpy as np
 
+from cryoai_core.io.atomic import atomic_path, commit, discard, temporary_name
+
 logger = logging.getLogger(__name__)
 
 HEADER_BYTES = 1024
@@ -118,20 +120,23 @@ def read_mrc(path: str) -> tuple[np.ndarray, float]:
 
 
 def write_mrc(path: str, array, voxel_size_angstrom: float) -> None:
-    """Write ``array`` (``(Z, Y, X)`` volume or ``(Y, X)`` image) as float32 MRC, overwriting ``path``."""
+    """Write ``array`` (``(Z, Y, X)`` volume or ``(Y, X)`` image) as float32 MRC, replacing ``path`` atomically."""
     data = np.ascontiguousarray(array, dtype=np.float32)
     if data.ndim not in (2, 3):
         raise ValueError(f"an MRC map must be 2D or 3D, got shape {data.shape}")
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(data)
-        mrc.voxel_size = float(voxel_size_angstrom)
+    with atomic_path(path) as temporary:
+        with mrcfile.new(temporary, overwrite=True) as mrc:
+            mrc.set_data(data)
+            mrc.voxel_size = float(voxel_size_angstrom)
 
 
 class StackWriter:
     """Write an ``.mrcs`` stack of ``count`` float32 images chunk by chunk, without holding it in memory.
 
-    The file is pre-allocated and memory-mapped; header statistics (min, max, mean, rms) are
-    accumulated over the written chunks. If the ``with`` block raises, the partial file is removed.
+    A temporary file next to ``path`` is pre-allocated and memory-mapped; header statistics (min, max,
+    mean, rms) are accumulated over the written chunks. When the ``with`` block ends normally the file
+    is fsynced and renamed to ``path``; if it raises, the temporary file is removed and ``path`` is
+    untouched.
 
     Example::
 
@@ -147,6 +152,7 @@ class StackWriter:
         self.box = int(box)
         self.pixel_size_angstrom = float(pixel_size_angstrom)
         self._mrc = None
+        self._temporary = None
         self._written = 0
         self._min = np.inf
         self._max = -np.inf
@@ -154,10 +160,17 @@ class StackWriter:
         self._sum_squares = 0.0
 
     def __enter__(self) -> "StackWriter":
-        self._mrc = mrcfile.new_mmap(self.path, shape=(self.count, self.box, self.box), mrc_mode=2,
-                                     overwrite=True)
-        self._mrc.set_image_stack()
-        self._mrc.voxel_size = self.pixel_size_angstrom
+        self._temporary = temporary_name(self.path)
+        try:
+            self._mrc = mrcfile.new_mmap(self._temporary, shape=(self.count, self.box, self.box), mrc_mode=2,
+                                         overwrite=True)
+            self._mrc.set_image_stack()
+            self._mrc.voxel_size = self.pixel_size_angstrom
+        except BaseException:
+            if self._mrc is not None:
+                self._mrc.close()
+            discard(self._temporary)
+            raise
         return self
 
     def write(self, start: int, images: np.ndarray) -> None:
@@ -182,8 +195,15 @@ class StackWriter:
         mrc, self._mrc = self._mrc, None
         if exc_type is not None:
             mrc.close()
-            os.remove(self.path)
+            discard(self._temporary)
             return
+        try:
+            self._finish(mrc)
+        except BaseException:
+            discard(self._temporary)
+            raise
+
+    def _finish(self, mrc) -> None:
         if self._written:
             size = self._written * self.box * self.box
             mean = self._sum / size
@@ -194,6 +214,7 @@ class StackWriter:
             logger.warning("%s: %d of %d images were written; the rest are zeros", self.path,
                            self._written, self.count)
         mrc.close()
+        commit(self._temporary, self.path)
 
 
 def locate_stack(name: str, base_folder: str, root: str | None = None, search_parents: int = 0) -> str:

@@ -23,6 +23,7 @@ import pandas as pd
 import starfile
 from starfile.writer import StarWriter
 
+from cryoai_core.io.atomic import atomic_open
 from cryoai_core.io.mrc import common_box, locate_stack
 from cryoai_core.io.particles import CTF_FIELDS, ParticleTable
 
@@ -131,13 +132,11 @@ def write_star(path: str, table: ParticleTable, relative_to: str | None = None) 
             columns[name] = np.asarray(values)
     particles = pd.DataFrame(columns)
     lines = StarWriter({"optics": optics, "particles": particles}, float_format=FLOAT_FORMAT).lines()
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
+    with atomic_open(path, "w") as handle:
         for line in lines:
             if line.startswith("data_"):
                 handle.write(STAR_VERSION_LINE + "\n\n")
             handle.write(line + "\n")
-    os.replace(temporary, path)
 
 
 def _read_blocks(path: str) -> dict:

@@ -10,6 +10,7 @@ import os
 import torch
 
 from cryoai_core import __version__
+from cryoai_core.io.atomic import atomic_path
 from cryoai_core.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -31,9 +32,8 @@ def save_checkpoint(path: str, learner, progress: dict, generator: torch.Generat
         "progress": dict(progress),
         "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()},
     }
-    temporary = path + ".tmp"
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
     logger.info("checkpoint written: %s (step %d)", path, learner.steps)
 
 
