@@ -7,6 +7,12 @@ Image formation (the same model as the decoder's, :mod:`cryoai_core.slicing`, :m
 with ``A`` uniform on SO(3), RELION origins ``o`` (Å) drawn from a Gaussian (the particle lies at ``-o``),
 log-normal defocus with astigmatism, and white Gaussian noise whose variance is the expected clean-image
 variance (over the box) divided by the SNR. SNR is a variance ratio; ``snr_db = 10 log10(snr)``.
+
+Real distributions replace the random draws on request (:mod:`cryoai_core.io.pose_tables`): poses and
+origins are rows of a pose table drawn with replacement (origins scaled from the table's box to the
+particle box, as fractions of the box side), defocus U/V, angle and phase shift rows of a defocus table
+(voltage, Cs and amplitude contrast stay the configured ones). A fraction of the particles can be junk:
+pure-noise images at the particles' noise level, flagged ``1`` in the star column :data:`JUNK_COLUMN`.
 """
 import dataclasses
 import logging
@@ -20,6 +26,7 @@ from cryoai_core.ctf import CTFParams, compute_ctf
 from cryoai_core.fourier import crop_or_pad_real, fft2_centered, frequency_grid_2d, ifft2_centered, \
     resample_volume, translation_phase
 from cryoai_core.io.particles import CTF_FIELDS, ParticleTable
+from cryoai_core.io.pose_tables import DefocusTable, PoseTable, read_defocus_table, read_pose_table
 from cryoai_core.provenance import save_config
 from cryoai_core.rotations import matrix_to_euler, random_rotations
 from cryoai_core.slicing import VoxelFourierVolume
@@ -28,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 PILOT_IMAGES = 2000
 """Noise-free images drawn (from their own random stream) to estimate the signal variance for the SNR."""
+JUNK_COLUMN = "rlnCryoaiIsJunk"
+"""Star column of the truth file: 1 for a pure-noise (junk) image, 0 for a particle."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +69,12 @@ class SimulationConfig:
     seed: int = 0
     oversampling: int = 0
     """Padding factor of the map's transform; 0 chooses 4 for maps up to 128 voxels, else 2."""
+    poses_from: str | None = None
+    """Pose table (star, .cs, cryoDRGN pkl) whose poses and origins are drawn instead of uniform ones."""
+    defocus_from: str | None = None
+    """Defocus table (star, .cs, cryoDRGN CTF pkl) whose defocus rows replace the log-normal draw."""
+    junk_fraction: float = 0.0
+    """Fraction of the particles replaced by pure-noise images (needs an SNR)."""
 
     def __post_init__(self):
         if self.num_particles < 1:
@@ -76,6 +91,14 @@ class SimulationConfig:
             raise ValueError(f"the amplitude contrast must lie in [0, 1), got {self.amplitude_contrast}")
         if self.voltage_kv <= 0 or self.defocus_median_angstrom <= 0:
             raise ValueError("voltage and defocus must be positive")
+        if not 0.0 <= self.junk_fraction < 1.0:
+            raise ValueError(f"the junk fraction must lie in [0, 1), got {self.junk_fraction}")
+        if self.junk_fraction > 0 and self.snr is None:
+            raise ValueError("junk particles are pure noise: a junk fraction needs an SNR")
+        if self.poses_from is not None and self.shift_sigma_angstrom > 0:
+            raise ValueError("the pose table gives the shifts: use either a pose table or a shift sigma")
+        if self.defocus_from is not None and not self.apply_ctf:
+            raise ValueError("a defocus table needs the CTF (it cannot be combined with no CTF)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +113,37 @@ class SimulatedParameters:
     """``(N, 8)`` CTF parameters in CTF_FIELDS order."""
 
 
-def draw_parameters(config: SimulationConfig, count: int, generator: torch.Generator) -> SimulatedParameters:
-    """Draw poses, origins and CTF parameters for ``count`` particles."""
+@dataclasses.dataclass(frozen=True)
+class RealTables:
+    """Real distributions to draw from (either may be ``None``), and the particle box side in Å."""
+
+    poses: PoseTable | None = None
+    defocus: DefocusTable | None = None
+    box_angstrom: float = 0.0
+
+    @classmethod
+    def load(cls, config: SimulationConfig, box_angstrom: float) -> "RealTables":
+        """Read the tables named by ``config`` (``ValueError`` / ``FileNotFoundError`` when unreadable)."""
+        poses = read_pose_table(config.poses_from) if config.poses_from else None
+        defocus = read_defocus_table(config.defocus_from) if config.defocus_from else None
+        return cls(poses, defocus, float(box_angstrom))
+
+
+def draw_parameters(config: SimulationConfig, count: int, generator: torch.Generator,
+                    tables: RealTables | None = None) -> SimulatedParameters:
+    """Draw poses, origins and CTF parameters for ``count`` particles.
+
+    Rows of ``tables`` are drawn with replacement; when poses and defocus come from the same file, one
+    row gives both (a particle keeps its own pose and defocus).
+    """
+    tables = tables or RealTables()
     rotations = random_rotations(count, generator)
     origins = torch.randn(count, 2, generator=generator, dtype=torch.float64) * config.shift_sigma_angstrom
+    rows = None
+    if tables.poses is not None:
+        rows = torch.randint(len(tables.poses), (count,), generator=generator).numpy()
+        rotations = torch.from_numpy(tables.poses.rotations[rows])
+        origins = torch.from_numpy(tables.poses.shift_fractions[rows] * tables.box_angstrom)
     mean_defocus = config.defocus_median_angstrom * torch.exp(
         config.defocus_log_sigma * torch.randn(count, generator=generator, dtype=torch.float64))
     astigmatism = torch.randn(count, generator=generator, dtype=torch.float64).abs() \
@@ -107,6 +157,11 @@ def draw_parameters(config: SimulationConfig, count: int, generator: torch.Gener
     ctf[:, 4] = config.spherical_aberration_mm
     ctf[:, 5] = config.amplitude_contrast
     ctf[:, 7] = config.bfactor_angstrom2
+    if tables.defocus is not None:
+        same_file = tables.poses is not None and tables.poses.source == tables.defocus.source
+        if rows is None or not same_file:
+            rows = torch.randint(len(tables.defocus), (count,), generator=generator).numpy()
+        ctf[:, [0, 1, 2, 6]] = tables.defocus.defocus[rows]
     return SimulatedParameters(rotations, origins, ctf)
 
 
@@ -151,15 +206,16 @@ class ImageSimulator:
         return crop_or_pad_real(resampled, self.box, 3).to(torch.float32)
 
 
-def noise_sigma(simulator: ImageSimulator, config: SimulationConfig) -> float:
-    """Noise standard deviation giving ``config.snr`` (0 for noise-free data)."""
+def noise_sigma(simulator: ImageSimulator, config: SimulationConfig, tables: RealTables | None = None) -> float:
+    """Noise standard deviation giving ``config.snr`` (0 for noise-free data), over the particles' own
+    pose and defocus distribution."""
     if config.snr is None:
         return 0.0
     generator = torch.Generator().manual_seed(config.seed + 7919)
     count = min(PILOT_IMAGES, max(config.num_particles, 200))
     variances = []
     for start in range(0, count, 500):
-        params = draw_parameters(config, min(500, count - start), generator)
+        params = draw_parameters(config, min(500, count - start), generator, tables)
         images = simulator.images(params.rotations, params.origins_angstrom, params.ctf)
         variances.append(images.to(torch.float64).var(dim=(-2, -1)))
     signal_variance = torch.cat(variances).mean().item()
@@ -168,8 +224,9 @@ def noise_sigma(simulator: ImageSimulator, config: SimulationConfig) -> float:
 
 def simulate(volume: np.ndarray, voxel_size_angstrom: float, config: SimulationConfig, outdir: str,
              chunk_size: int = 1000, progress: bool = True) -> ParticleTable:
-    """Write ``outdir/particles.mrcs``, ``outdir/particles.star`` (RELION 3.1, true poses) and
-    ``outdir/reference.mrc`` (the map on the particle grid); return the particle table."""
+    """Write ``outdir/particles.mrcs``, ``outdir/particles.star`` (RELION 3.1, true poses; with a junk
+    fraction, the column :data:`JUNK_COLUMN`) and ``outdir/reference.mrc`` (the map on the particle grid);
+    return the particle table. The tables of ``config`` are read before anything is written."""
     from tqdm import tqdm
 
     from cryoai_core.io.mrc import StackWriter, write_mrc
@@ -180,11 +237,13 @@ def simulate(volume: np.ndarray, voxel_size_angstrom: float, config: SimulationC
         raise ValueError(f"the map must be a cubic volume, got shape {volume.shape}")
     if not np.isfinite(volume).all():
         raise ValueError("the map contains NaN or infinite values")
-    os.makedirs(outdir, exist_ok=True)
     simulator = ImageSimulator(torch.from_numpy(volume), voxel_size_angstrom, config)
-    sigma = noise_sigma(simulator, config)
+    tables = RealTables.load(config, simulator.box * simulator.pixel_size_angstrom)
+    os.makedirs(outdir, exist_ok=True)
+    sigma = noise_sigma(simulator, config, tables)
     generator = torch.Generator().manual_seed(config.seed)
-    params = draw_parameters(config, config.num_particles, generator)
+    params = draw_parameters(config, config.num_particles, generator, tables)
+    junk = junk_mask(config, torch.Generator().manual_seed(config.seed + 15485863))
     noise_generator = torch.Generator().manual_seed(config.seed + 104729)
     stack_path = os.path.join(outdir, "particles.mrcs")
     logger.info("simulating %d particles, box %d, %.3f Å/px, noise sigma %.4g", config.num_particles,
@@ -195,6 +254,7 @@ def simulate(volume: np.ndarray, voxel_size_angstrom: float, config: SimulationC
             stop = min(start + chunk_size, config.num_particles)
             images = simulator.images(params.rotations[start:stop], params.origins_angstrom[start:stop],
                                       params.ctf[start:stop])
+            images[torch.from_numpy(junk[start:stop])] = 0.0
             if sigma > 0:
                 images = images + sigma * torch.randn(images.shape, generator=noise_generator)
             writer.write(start, images.numpy())
@@ -206,11 +266,20 @@ def simulate(volume: np.ndarray, voxel_size_angstrom: float, config: SimulationC
         ctf=params.ctf if config.apply_ctf else None,
         euler_angles_degrees=matrix_to_euler(params.rotations).numpy(),
         origins_angstrom=params.origins_angstrom.numpy(),
+        extra_columns={JUNK_COLUMN: junk.astype(np.int64)} if config.junk_fraction > 0 else {},
         optics={"rlnVoltage": config.voltage_kv, "rlnSphericalAberration": config.spherical_aberration_mm,
                 "rlnAmplitudeContrast": config.amplitude_contrast})
     write_star(os.path.join(outdir, "particles.star"), table)
     save_config(config, os.path.join(outdir, "simulation.yaml"), noise_sigma=sigma,
-                map_voxel_size_angstrom=float(voxel_size_angstrom))
+                map_voxel_size_angstrom=float(voxel_size_angstrom), num_junk=int(junk.sum()))
     write_mrc(os.path.join(outdir, "reference.mrc"), simulator.reference_map().numpy(),
               simulator.pixel_size_angstrom)
     return table
+
+
+def junk_mask(config: SimulationConfig, generator: torch.Generator) -> np.ndarray:
+    """``(N,)`` bool: ``round(junk_fraction * N)`` particles chosen at random to be pure noise."""
+    count = int(round(config.junk_fraction * config.num_particles))
+    mask = np.zeros(config.num_particles, dtype=bool)
+    mask[torch.randperm(config.num_particles, generator=generator)[:count].numpy()] = True
+    return mask

@@ -4,8 +4,16 @@ Writes OUTDIR/particles.mrcs, OUTDIR/particles.star (RELION 3.1 with the true po
 and origins in Å, RELION convention), OUTDIR/reference.mrc (the map on the particle grid) and
 OUTDIR/simulation.yaml. Without MAP the bundled adenylate kinase map (PDB 4AKE, 64³, 1.5 Å) is used.
 
-Example:
+Real distributions: --poses-from draws poses and origins (with replacement) from a RELION star, a
+cryoSPARC .cs or a cryoDRGN pose pkl, origins scaled to the particle box as fractions of the box side;
+--defocus-from draws defocus U/V, angle and phase shift from the same kinds of file or a cryoDRGN CTF
+pkl. --junk-fraction replaces that fraction of the particles by pure noise at the particles' noise level,
+flagged 1 in the star column rlnCryoaiIsJunk.
+
+Examples:
     cryoai simulate -o sim -n 20000 --box 32 --pixel-size 3 --shift-sigma 3 --snr-db -10 --seed 1
+    cryoai simulate map.mrc -o sim -n 30000 --box 64 --pixel-size 8 --snr 0.05 \
+        --poses-from poses.pkl --defocus-from ctf.pkl --junk-fraction 0.15
 """
 import math
 import os
@@ -43,6 +51,13 @@ def add_args(parser):
     ctf.add_argument("--cs", type=float, default=2.7, help="spherical aberration, mm (default 2.7)")
     ctf.add_argument("--amplitude-contrast", type=float, default=0.1, help="amplitude contrast (default 0.1)")
     ctf.add_argument("--bfactor", type=float, default=0.0, help="CTF envelope B-factor, Å² (default 0)")
+    real = parser.add_argument_group("real distributions and junk")
+    real.add_argument("--poses-from", metavar="TABLE", default=None,
+                      help="draw poses and shifts from a RELION .star, cryoSPARC .cs or cryoDRGN pose .pkl")
+    real.add_argument("--defocus-from", metavar="TABLE", default=None,
+                      help="draw defocus from a RELION .star, cryoSPARC .cs or cryoDRGN CTF .pkl")
+    real.add_argument("--junk-fraction", type=float, default=0.0,
+                      help="fraction of pure-noise (junk) images, flagged in the star file (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -60,7 +75,8 @@ def main(args):
         defocus_median_angstrom=args.defocus, defocus_log_sigma=args.defocus_log_sigma,
         astigmatism_sigma_angstrom=args.astigmatism, voltage_kv=args.voltage,
         spherical_aberration_mm=args.cs, amplitude_contrast=args.amplitude_contrast,
-        bfactor_angstrom2=args.bfactor, snr=snr, seed=args.seed)
+        bfactor_angstrom2=args.bfactor, snr=snr, seed=args.seed, poses_from=args.poses_from and os.path.abspath(args.poses_from),
+        defocus_from=args.defocus_from and os.path.abspath(args.defocus_from), junk_fraction=args.junk_fraction)
     map_path = args.map or BUILTIN_MAP
     volume, voxel_size = read_mrc(map_path)
     if not voxel_size > 0:

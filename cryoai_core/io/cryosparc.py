@@ -54,18 +54,11 @@ def read_cs(path: str, root: str | None = None) -> ParticleTable:
         A table with the CTF (``None`` if a CTF field is missing), and poses in RELION's convention when
         ``alignments3D/pose`` is present. The pixel size is ``blob/psize_A``.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"cryoSPARC file not found: {path}")
-    try:
-        records = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise ValueError(f"{path} is not a cryoSPARC .cs file (numpy record array): {error}") from None
+    records = load_cs_records(path)
     fields = records.dtype.names or ()
     missing = [name for name in ("blob/path", "blob/idx") if name not in fields]
     if missing:
         raise ValueError(f"{path} is not a cryoSPARC particle file: missing field(s) {', '.join(missing)}")
-    if records.ndim != 1 or len(records) == 0:
-        raise ValueError(f"{path} contains no particles")
 
     names = np.char.lstrip(np.char.strip(records["blob/path"].astype(str)), ">")
     uniques, codes = np.unique(names, return_inverse=True)
@@ -84,20 +77,44 @@ def read_cs(path: str, root: str | None = None) -> ParticleTable:
             raise ValueError(f"{path}: blob/shape {shapes.tolist()} does not match the stacks' {box}x{box} images")
 
     pixel_size = _pixel_size(records, path)
-    ctf = _ctf(records, path)
+    ctf = ctf_from_records(records, path)
     angles = origins = None
     if "alignments3D/pose" in fields:
-        rotvecs = np.asarray(records["alignments3D/pose"], dtype=np.float64).reshape(-1, 3)
-        angles = relion_euler_from_matrix(np.swapaxes(rodrigues(rotvecs), -1, -2))
-        origins = np.zeros((len(records), 2))
-        if "alignments3D/shift" in fields:
-            origins = np.asarray(records["alignments3D/shift"], dtype=np.float64).reshape(-1, 2) * pixel_size
+        matrices, shifts_px = poses_from_records(records)
+        angles = relion_euler_from_matrix(matrices)
+        origins = shifts_px * pixel_size
     logger.info("%s: %d particles in %d stack(s), box %d, %.4g Å/px, CTF %s, poses %s", path, len(records),
                 len(stack_files), box, pixel_size, "yes" if ctf is not None else "no",
                 "yes" if angles is not None else "no")
     return ParticleTable(stack_files=stack_files, stack_ids=stack_ids, image_indices=image_indices,
                          pixel_size_angstrom=pixel_size, box=box, ctf=ctf, euler_angles_degrees=angles,
                          origins_angstrom=origins)
+
+
+def load_cs_records(path: str) -> np.ndarray:
+    """The ``(N,)`` structured array of a ``.cs`` file; ``ValueError`` if it is not one or is empty."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"cryoSPARC file not found: {path}")
+    try:
+        records = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{path} is not a cryoSPARC .cs file (numpy record array): {error}") from None
+    if not records.dtype.names:
+        raise ValueError(f"{path} is not a cryoSPARC .cs file (no named fields)")
+    if records.ndim != 1 or len(records) == 0:
+        raise ValueError(f"{path} contains no particles")
+    return records
+
+
+def poses_from_records(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RELION matrices ``A`` ``(N, 3, 3)`` and origins in pixels ``(N, 2)`` (zero without
+    ``alignments3D/shift``) from the ``alignments3D`` fields of ``.cs`` records (see the module docstring)."""
+    rotvecs = np.asarray(records["alignments3D/pose"], dtype=np.float64).reshape(-1, 3)
+    matrices = np.swapaxes(rodrigues(rotvecs), -1, -2)
+    shifts = np.zeros((len(records), 2))
+    if "alignments3D/shift" in records.dtype.names:
+        shifts = np.asarray(records["alignments3D/shift"], dtype=np.float64).reshape(-1, 2)
+    return matrices, shifts
 
 
 def rodrigues(rotation_vectors: np.ndarray) -> np.ndarray:
@@ -149,7 +166,8 @@ def _pixel_size(records: np.ndarray, path: str) -> float:
     return float(values[0])
 
 
-def _ctf(records: np.ndarray, path: str) -> np.ndarray | None:
+def ctf_from_records(records: np.ndarray, path: str) -> np.ndarray | None:
+    """``(N, 8)`` CTF in :data:`CTF_FIELDS` order from ``.cs`` records, ``None`` if a required field is missing."""
     fields = records.dtype.names
     missing = [name for name, _ in CTF_FIELD_SOURCES if name not in fields and name not in OPTIONAL_CTF_FIELDS]
     if missing:

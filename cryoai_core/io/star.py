@@ -77,8 +77,8 @@ def read_star(path: str, root: str | None = None) -> ParticleTable:
         if len(sizes) != 1 or int(sizes[0]) != box:
             raise ValueError(f"{path}: rlnImageSize {sizes.tolist()} does not match the stacks' box of {box} px")
     pixel_size = _pixel_size(merged, path, stack_files[0])
-    ctf = _ctf(merged, path)
-    angles, origins = _poses(merged, pixel_size)
+    ctf = ctf_from_columns(merged, path)
+    angles, origins = poses_from_columns(merged, pixel_size)
 
     consumed = set(_GEOMETRY_COLUMNS)
     if ctf is not None:
@@ -137,6 +137,17 @@ def write_star(path: str, table: ParticleTable, relative_to: str | None = None) 
             if line.startswith("data_"):
                 handle.write(STAR_VERSION_LINE + "\n\n")
             handle.write(line + "\n")
+
+
+def read_star_columns(path: str) -> pd.DataFrame:
+    """The particle table of a star file with its optics values merged into every row; no image is opened.
+
+    For metadata-only uses (pose or defocus distributions); :func:`read_star` reads a particle set.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"star file not found: {path}")
+    particles, optics = _particle_tables(_read_blocks(path), path)
+    return _merge_optics(particles, optics, path)
 
 
 def _read_blocks(path: str) -> dict:
@@ -234,7 +245,8 @@ def _pixel_size(merged: pd.DataFrame, path: str, first_stack: str) -> float:
     return float(values[0])
 
 
-def _ctf(merged: pd.DataFrame, path: str) -> np.ndarray | None:
+def ctf_from_columns(merged: pd.DataFrame, path: str) -> np.ndarray | None:
+    """``(N, 8)`` CTF in :data:`CTF_FIELDS` order from merged star columns, ``None`` if a required one is missing."""
     missing = [name for name in REQUIRED_CTF_COLUMNS if name not in merged.columns]
     if missing:
         logger.info("%s has no CTF (missing %s)", path, ", ".join(missing))
@@ -249,7 +261,9 @@ def _ctf(merged: pd.DataFrame, path: str) -> np.ndarray | None:
     return ctf
 
 
-def _poses(merged: pd.DataFrame, pixel_size: float):
+def poses_from_columns(merged: pd.DataFrame, pixel_size: float):
+    """RELION ``(N, 3)`` Euler angles (degrees) and ``(N, 2)`` origins (Å) from merged star columns;
+    ``(None, None)`` without angle columns, zero origins without origin columns."""
     if not set(ANGLE_COLUMNS) <= set(merged.columns):
         return None, None
     angles = merged[list(ANGLE_COLUMNS)].to_numpy(dtype=np.float64)
