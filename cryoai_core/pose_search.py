@@ -1,26 +1,36 @@
-"""Batch-wise global pose search against the current map, used to bootstrap the amortized encoder.
+"""Pose search against a map cached on a Fourier grid: a global search and a local refinement.
 
-Plain gradient descent on amortized poses rarely leaves the random-pose basin within a CPU budget (see
-the project notes); a cheap exhaustive search over a quasi-uniform SO(3) grid and a small translation
-grid, for the images of the current batch only, gives the encoder targets until it agrees with the
-search. The cost per step depends on the batch, never on the data set size.
+Plain gradient descent on amortized poses rarely leaves the random-pose basin within a CPU budget, so the
+learner searches poses for the images of the current batch (the cost per step depends on the batch,
+never on the data set size):
 
-Scores are the Fourier-space L2 distances ``Σ_k w |Y − C·S·V̂|²`` on a half-disk, expanded as
-``Σ w C²|V̂|² − 2 Re Σ w conj(Y) C S V̂`` (+ a constant), so that the whole grid is two matrix products.
+* **global**: a quasi-uniform SO(3) grid (randomly re-oriented at every call) x a coarse translation grid
+  spanning ``±max_shift_px``, scored on a low-frequency disk where the translation grid step is resolved;
+  then a local refinement of the best pose of each image on the full disk.
+* **local** (:meth:`PoseSearch.refine`): around given poses (the encoder's, or the global winners),
+  ``27`` rotations (rotation vectors ``{-1, 0, 1}³ x step``) x ``9`` translations (``{-1, 0, 1}² x step``),
+  keeping the best, with both steps halved at each round. The starting pose is a candidate of every
+  round, so refining never increases an image's distance.
+
+Distances are the loss's ``Σ_k w |Y − C·S·V̂|² / Σ_k w`` on a half-disk (see :mod:`cryoai_core.train.loss`),
+expanded as ``(Σ w C²|V̂|² − 2 Re Σ w conj(Y) C S V̂ + Σ w |Y|²) / Σ w`` so that the global grid is two
+matrix products.
 """
 import dataclasses
 import math
 
 import roma
 import torch
-import torch.nn.functional as F
 
-from cryoai_core.fourier import frequency_grid_3d
 from cryoai_core.models.forward_model import HalfDisk, shift_phase
-from cryoai_core.slicing import central_slice_coords
+from cryoai_core.slicing import FourierGrid, central_slice_coords
 
 _PSI = 1.533751168755204288118041
 """Root of ``x**4 = x + 4``; with sqrt(2) it spreads super-Fibonacci points evenly (Alexa, CVPR 2022)."""
+
+_UNIT_3D = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)],
+                        dtype=torch.float32)
+_UNIT_2D = torch.tensor([[i, j] for j in (-1, 0, 1) for i in (-1, 0, 1)], dtype=torch.float32)
 
 
 def super_fibonacci_rotations(count: int, dtype=torch.float64) -> torch.Tensor:
@@ -39,37 +49,15 @@ def grid_spacing_degrees(count: int) -> float:
     return math.degrees((8.0 * math.pi ** 2 / count) ** (1.0 / 3.0))
 
 
-class GridVolume:
-    """A map transform cached on an oversampled Cartesian grid, sampled by trilinear interpolation.
+def network_grid(network, box: int, radius_px: float, oversampling: int = 2) -> FourierGrid:
+    """FourierNet (coords in cycles/px -> complex) cached on a grid of spacing ``1 / (oversampling·box)``.
 
-    Args:
-        values: complex ``(M, M, M)`` transform ``[kz, ky, kx]`` on a grid of spacing ``1 / M`` cycles/px.
+    Points within ``radius_px + 2`` Fourier pixels are evaluated (the margin feeds the interpolation).
     """
-
-    def __init__(self, values: torch.Tensor):
-        self.size = values.shape[-1]
-        self._grid = torch.stack([values.real, values.imag]).unsqueeze(0).float()
-
-    @classmethod
-    @torch.no_grad()
-    def from_network(cls, network, box: int, radius_px: float, oversampling: int = 2) -> "GridVolume":
-        """Evaluate ``network`` (coords in cycles/px -> complex) inside ``radius_px`` Fourier pixels."""
-        size = oversampling * box
-        parameter = next(iter(network.parameters()), None) if hasattr(network, "parameters") else None
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        coords = frequency_grid_3d(size, device=device)
-        inside = torch.linalg.vector_norm(coords, dim=-1) * box <= radius_px + 2.0
-        values = torch.zeros(coords.shape[:-1], dtype=torch.complex64, device=device)
-        values[inside] = network(coords[inside]).to(torch.complex64)
-        return cls(values)
-
-    def __call__(self, coords: torch.Tensor) -> torch.Tensor:
-        """Complex values ``(...,)`` at ``(..., 3)`` coordinates in cycles per (training) pixel."""
-        index = self.size // 2 + coords.float() * self.size
-        normalized = (2.0 * index / (self.size - 1) - 1.0).reshape(1, -1, 1, 1, 3)
-        values = F.grid_sample(self._grid, normalized, mode="bilinear", padding_mode="zeros", align_corners=True)
-        values = values.reshape(2, *coords.shape[:-1])
-        return torch.complex(values[0], values[1])
+    parameter = next(iter(network.parameters()), None) if hasattr(network, "parameters") else None
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    size = oversampling * box
+    return FourierGrid.from_function(network, size, 1.0 / size, (radius_px + 2.0) / box, device=device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,81 +67,122 @@ class SearchResult:
     origins_px: torch.Tensor
     """``(B, 2)`` best RELION origins in pixels."""
     distances: torch.Tensor
-    """``(B,)`` best weighted L2 distances (up to the image energy)."""
+    """``(B,)`` weighted L2 distances of the best poses (the loss's per-image distance)."""
+
+
+class _Batch:
+    """The pose-independent terms of a batch on a disk: ``w C conj(Y)``, ``w C²``, ``Σ w |Y|²`` and ``Σ w``."""
+
+    def __init__(self, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk):
+        weights = disk.weights.to(targets.device).float()
+        ctf = torch.ones(targets.shape, device=targets.device) if ctf is None else ctf.float()
+        self.weighted = weights * ctf * targets.conj()
+        self.ctf_energy = weights * ctf ** 2
+        self.energy = (weights * targets.abs() ** 2).sum(dim=-1)
+        self.total_weight = weights.sum()
+        self.freqs = disk.freqs_px.to(targets.device).float()
+
+    def restricted(self, keep: torch.Tensor) -> "_Batch":
+        """The same batch on the points ``keep`` of the disk (a boolean ``(N,)`` mask)."""
+        part = object.__new__(_Batch)
+        part.weighted, part.ctf_energy = self.weighted[:, keep], self.ctf_energy[:, keep]
+        part.energy = self.energy
+        part.total_weight, part.freqs = self.total_weight, self.freqs[keep]
+        return part
 
 
 class PoseSearch:
-    """Exhaustive search over rotations x translations, then a local refinement around the best.
+    """Global and local pose search (see the module docstring).
 
     Args:
-        num_rotations: size of the global rotation grid (randomly re-oriented at every call).
-        shift_extent_px: translations searched in ``[-extent, extent]`` pixels per axis.
-        shift_step_px: translation grid step.
-        refine_steps: number of halvings of the local refinement around the best rotation.
+        num_rotations: size of the global rotation grid.
+        max_shift_px: the coarse translation grid spans ``[-max_shift_px, max_shift_px]`` per axis.
+        shift_points: points per axis of the coarse translation grid (1: the centre only).
+        coarse_radius_px: Fourier radius (pixels) of the coarse global stage.
+        refine_steps: rounds of local refinement after the global stage.
     """
 
-    def __init__(self, num_rotations: int = 4096, shift_extent_px: float = 2.0, shift_step_px: float = 1.0,
-                 refine_steps: int = 2):
+    def __init__(self, num_rotations: int = 4096, max_shift_px: float = 4.8, shift_points: int = 7,
+                 coarse_radius_px: float = 10.0, refine_steps: int = 3):
+        if num_rotations < 1 or shift_points < 1 or refine_steps < 0:
+            raise ValueError("the search needs at least one rotation, one translation and refine_steps ≥ 0")
         self.base_rotations = super_fibonacci_rotations(num_rotations, torch.float32)
-        steps = torch.arange(-shift_extent_px, shift_extent_px + 1e-6, shift_step_px)
+        steps = torch.linspace(-max_shift_px, max_shift_px, shift_points) if shift_points > 1 else torch.zeros(1)
         gy, gx = torch.meshgrid(steps, steps, indexing="ij")
         self.shifts = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+        self.shift_step_px = 2.0 * max_shift_px / (shift_points - 1) if shift_points > 1 else 0.0
         self.step_degrees = grid_spacing_degrees(num_rotations)
+        self.coarse_radius_px = coarse_radius_px
         self.refine_steps = refine_steps
-        offsets = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)],
-                               dtype=torch.float32)
-        self.local_offsets = offsets
-
-    def _scores(self, weighted_conj_images: torch.Tensor, ctf_energy: torch.Tensor, phases: torch.Tensor,
-                slices: torch.Tensor) -> torch.Tensor:
-        """Distances ``(B, S, R)`` for slices ``(R, N)`` shared by all images."""
-        batch, count = weighted_conj_images.shape
-        u = weighted_conj_images.unsqueeze(1) * phases.unsqueeze(0)                  # (B, S, N)
-        left = torch.cat([u.real, -u.imag], dim=-1).reshape(-1, 2 * count)
-        right = torch.cat([slices.real, slices.imag], dim=-1).T                      # (2N, R)
-        cross = (left @ right).reshape(batch, -1, slices.shape[0])
-        norm = ctf_energy @ (slices.abs() ** 2).T                                    # (B, R)
-        return norm.unsqueeze(1) - 2.0 * cross
 
     @torch.no_grad()
     def search(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,
                generator: torch.Generator | None = None) -> SearchResult:
-        """Best poses of ``B`` images given their half-disk transforms ``targets`` ``(B, N)`` and CTFs."""
+        """Best poses of ``B`` images given their half-disk transforms ``targets`` ``(B, N)`` and CTFs ``(B, N)``.
+
+        ``volume`` maps ``(..., 3)`` frequencies in cycles per pixel to complex values (a :class:`FourierGrid`).
+        """
         device = targets.device
-        ctf = torch.ones(targets.shape, dtype=torch.float32, device=device) if ctf is None else ctf.float()
-        weights = disk.weights.float()
-        weighted = weights * ctf * targets.conj()
-        ctf_energy = weights * ctf ** 2
+        batch = _Batch(targets, ctf, disk)
+        coarse = batch.restricted(disk.radius_px.to(device) <= self.coarse_radius_px + 1e-6)
         shifts = self.shifts.to(device)
-        phases = shift_phase(disk.freqs_px.float(), shifts)                          # (S, N)
         offset = roma.random_rotmat(generator=generator).float().to(device)
         rotations = self.base_rotations.to(device) @ offset
-        slices = volume(central_slice_coords(rotations, disk.freqs_px.float()))      # (R, N)
-        scores = self._scores(weighted, ctf_energy, phases, slices)
-        flat = scores.reshape(scores.shape[0], -1).argmin(dim=1)
-        best_shift, best_rotation = flat // rotations.shape[0], flat % rotations.shape[0]
-        current = rotations[best_rotation]
-        best_distance = scores.reshape(scores.shape[0], -1).gather(1, flat[:, None]).squeeze(1)
-        current_shift = shifts[best_shift]
-        step = math.radians(self.step_degrees) / 2.0
-        for _ in range(self.refine_steps):
-            current, current_shift, best_distance = self._refine(
-                volume, weighted, ctf_energy, phases, disk, current, step)
-            step /= 2.0
-        return SearchResult(current, current_shift, best_distance)
+        slices = volume(central_slice_coords(rotations, coarse.freqs))                 # (R, n)
+        u = coarse.weighted.unsqueeze(1) * shift_phase(coarse.freqs, shifts).unsqueeze(0)   # (B, S, n)
+        left = torch.cat([u.real, -u.imag], dim=-1).reshape(-1, 2 * coarse.freqs.shape[0])
+        right = torch.cat([slices.real, slices.imag], dim=-1).T                       # (2n, R)
+        cross = (left @ right).reshape(len(targets), len(shifts), len(rotations))
+        norm = coarse.ctf_energy @ (slices.abs() ** 2).T                              # (B, R)
+        flat = (norm.unsqueeze(1) - 2.0 * cross).reshape(len(targets), -1).argmin(dim=1)
+        start_rotations = rotations[flat % len(rotations)]
+        start_shifts = shifts[flat // len(rotations)]
+        return self._refine(volume, batch, start_rotations, start_shifts, self.step_degrees / 2.0,
+                            self.shift_step_px / 2.0, self.refine_steps)
 
-    def _refine(self, volume, weighted, ctf_energy, phases, disk, rotations, step_radians):
-        """Try ``27`` small rotations around each image's current best (and every translation)."""
-        perturb = roma.rotvec_to_rotmat(self.local_offsets.to(rotations.device) * step_radians)  # (K, 3, 3)
-        candidates = rotations.unsqueeze(1) @ perturb.unsqueeze(0)                    # (B, K, 3, 3)
-        batch, count = candidates.shape[:2]
-        coords = central_slice_coords(candidates.reshape(-1, 3, 3), disk.freqs_px.float())
-        slices = volume(coords).reshape(batch, count, -1)                             # (B, K, N)
-        u = weighted.unsqueeze(1) * phases.unsqueeze(0)                               # (B, S, N)
-        cross = torch.einsum("bsn,bkn->bsk", u, slices).real
-        norm = torch.einsum("bn,bkn->bk", ctf_energy, slices.abs() ** 2)
-        scores = (norm.unsqueeze(1) - 2.0 * cross).reshape(batch, -1)
-        flat = scores.argmin(dim=1)
-        shift_index, rotation_index = flat // count, flat % count
-        chosen = candidates[torch.arange(batch), rotation_index]
-        return chosen, self.shifts.to(chosen.device)[shift_index], scores.gather(1, flat[:, None]).squeeze(1)
+    @torch.no_grad()
+    def refine(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,
+               rotations: torch.Tensor, origins_px: torch.Tensor, rotation_step_degrees: float,
+               shift_step_px: float, steps: int) -> SearchResult:
+        """Local refinement of the poses ``rotations`` ``(B, 3, 3)``, ``origins_px`` ``(B, 2)`` (see the module)."""
+        batch = _Batch(targets, ctf, disk)
+        return self._refine(volume, batch, rotations.float(), origins_px.float(), rotation_step_degrees,
+                            shift_step_px, steps)
+
+    @torch.no_grad()
+    def distances(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,
+                  rotations: torch.Tensor, origins_px: torch.Tensor) -> torch.Tensor:
+        """Distances ``(B,)`` of the images at the given poses."""
+        return self.refine(volume, targets, ctf, disk, rotations, origins_px, 0.0, 0.0, 0).distances
+
+    def _refine(self, volume, batch: _Batch, rotations, origins_px, rotation_step_degrees, shift_step_px,
+                steps) -> SearchResult:
+        device = rotations.device
+        index = torch.arange(len(rotations), device=device)
+        rotation_step, shift_step = math.radians(rotation_step_degrees), shift_step_px
+        best = self._distances(volume, batch, rotations.unsqueeze(1), origins_px.unsqueeze(1))[:, 0, 0]
+        for _ in range(steps):
+            candidates = rotations.unsqueeze(1) @ roma.rotvec_to_rotmat(_UNIT_3D.to(device) * rotation_step)
+            shifts = origins_px.unsqueeze(1) + _UNIT_2D.to(device) * shift_step                 # (B, 9, 2)
+            scores = self._distances(volume, batch, candidates, shifts).reshape(len(rotations), -1)
+            flat = scores.argmin(dim=1)
+            improved = scores[index, flat] < best
+            chosen_rotations = candidates[index, flat % candidates.shape[1]]
+            chosen_shifts = shifts[index, flat // candidates.shape[1]]
+            rotations = torch.where(improved[:, None, None], chosen_rotations, rotations)
+            origins_px = torch.where(improved[:, None], chosen_shifts, origins_px)
+            best = torch.minimum(best, scores[index, flat])
+            rotation_step, shift_step = rotation_step / 2.0, shift_step / 2.0
+        return SearchResult(rotations, origins_px, best)
+
+    @staticmethod
+    def _distances(volume, batch: _Batch, rotations: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+        """Distances ``(B, S, K)`` of per-image candidates: rotations ``(B, K, 3, 3)`` x shifts ``(B, S, 2)``."""
+        count, candidates = rotations.shape[:2]
+        coords = central_slice_coords(rotations.reshape(-1, 3, 3), batch.freqs)
+        slices = volume(coords).reshape(count, candidates, -1)                                  # (B, K, N)
+        phases = shift_phase(batch.freqs, shifts.reshape(-1, 2)).reshape(count, shifts.shape[1], -1)
+        cross = torch.einsum("bsn,bkn->bsk", batch.weighted.unsqueeze(1) * phases, slices).real
+        norm = torch.einsum("bn,bkn->bk", batch.ctf_energy, slices.abs() ** 2)
+        total = norm.unsqueeze(1) - 2.0 * cross + batch.energy[:, None, None]
+        return total / batch.total_weight

@@ -7,7 +7,7 @@ The transform of the projection ``image(x, y) = ∫ V(Aᵀ (x, y, z)) dz`` is th
 import torch
 import torch.nn.functional as F
 
-from cryoai_core.fourier import crop_or_pad_real, fft3_centered, frequency_grid_2d, ifft2_centered
+from cryoai_core.fourier import crop_or_pad_real, fft3_centered, frequency_grid_2d, frequency_grid_3d, ifft2_centered
 
 
 def central_slice_coords(rotations: torch.Tensor, freqs_2d: torch.Tensor) -> torch.Tensor:
@@ -31,6 +31,46 @@ def _trilinear_apodization(box: int, padded_box: int, dtype, device) -> torch.Te
     return weight[:, None, None] * weight[None, :, None] * weight[None, None, :]
 
 
+class FourierGrid:
+    """Complex values on a centred cubic Fourier grid, sampled anywhere by trilinear interpolation.
+
+    The one sampler of the package: the simulator and evaluation (maps, 1/Å) and the pose search
+    (FourierNet cached in cycles per training pixel) both read their grids through it.
+
+    Args:
+        values: complex ``(M, M, M)`` values ``[kz, ky, kx]``; index ``M // 2`` is the zero frequency.
+        spacing: frequency step between grid points, in the unit that :meth:`sample` receives.
+    """
+
+    def __init__(self, values: torch.Tensor, spacing: float):
+        if values.ndim != 3 or len(set(values.shape)) != 1:
+            raise ValueError(f"expected a cubic grid, got shape {tuple(values.shape)}")
+        self.size = values.shape[-1]
+        self.spacing = float(spacing)
+        self._grid = torch.stack([values.real, values.imag]).unsqueeze(0).to(torch.float32)
+
+    @classmethod
+    @torch.no_grad()
+    def from_function(cls, function, size: int, spacing: float, radius: float, device=None) -> "FourierGrid":
+        """Evaluate ``function`` (coords ``(P, 3)`` -> complex ``(P,)``) on the grid points within ``radius``."""
+        coords = frequency_grid_3d(size, device=device) * (size * spacing)
+        inside = torch.linalg.vector_norm(coords, dim=-1) <= radius
+        values = torch.zeros(coords.shape[:-1], dtype=torch.complex64, device=device)
+        values[inside] = function(coords[inside]).to(torch.complex64)
+        return cls(values, spacing)
+
+    def sample(self, coords: torch.Tensor) -> torch.Tensor:
+        """Complex values ``(...,)`` at ``(..., 3)`` frequencies ``(kx, ky, kz)``; zero beyond the grid."""
+        m = self.size
+        index = m // 2 + coords / self.spacing
+        normalized = (2.0 * index / (m - 1) - 1.0).to(torch.float32).reshape(1, -1, 1, 1, 3)
+        values = F.grid_sample(self._grid, normalized, mode="bilinear", padding_mode="zeros", align_corners=True)
+        values = values.reshape(2, *coords.shape[:-1])
+        return torch.complex(values[0], values[1])
+
+    __call__ = sample
+
+
 class VoxelFourierVolume:
     """The Fourier transform of a voxel map, sampled anywhere by trilinear interpolation.
 
@@ -51,7 +91,7 @@ class VoxelFourierVolume:
         work = volume.to(torch.float64)
         work = work / _trilinear_apodization(box, padded, work.dtype, work.device)
         spectrum = fft3_centered(crop_or_pad_real(work, padded, 3))
-        self._grid = torch.stack([spectrum.real, spectrum.imag]).unsqueeze(0).to(torch.float32)
+        self.grid = FourierGrid(spectrum, spacing=1.0 / (padded * voxel_size_angstrom))
         self.box = box
         self.padded_box = padded
         self.voxel_size_angstrom = float(voxel_size_angstrom)
@@ -61,13 +101,7 @@ class VoxelFourierVolume:
 
         Returns a complex tensor of shape ``freqs_3d.shape[:-1]``; zero beyond the padded grid.
         """
-        m = self.padded_box
-        index = m // 2 + freqs_3d.to(torch.float32) * (m * self.voxel_size_angstrom)
-        normalized = 2.0 * index / (m - 1) - 1.0
-        grid = normalized.reshape(1, -1, 1, 1, 3)
-        values = F.grid_sample(self._grid, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        values = values.reshape(2, *freqs_3d.shape[:-1])
-        return torch.complex(values[0], values[1])
+        return self.grid.sample(freqs_3d)
 
     def project(self, rotations: torch.Tensor, box: int | None = None,
                 pixel_size_angstrom: float | None = None) -> torch.Tensor:

@@ -14,10 +14,17 @@ import logging
 import os
 
 from cryoai_core.cli import CommandError
+from cryoai_core.train.config import AMORTIZED_POSES, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 MIN_PARTICLES = 10
+
+
+def _default(name: str):
+    """The default of a :class:`TrainConfig` field (the one source of defaults)."""
+    return TrainConfig.__dataclass_fields__[name].default
+
 
 def add_args(parser):
     parser.add_argument("particles", metavar="PARTICLES", help="RELION .star or cryoSPARC .cs file")
@@ -37,6 +44,13 @@ def add_args(parser):
                         help="plain L2 loss instead of the symmetrized loss (paper ablation)")
     parser.add_argument("--no-bootstrap", action="store_true",
                         help="skip the pose-search bootstrap: pure amortized training from the start")
+    parser.add_argument("--amortized-poses", choices=AMORTIZED_POSES, default=_default("amortized_poses"),
+                        help="poses of the amortized phase: 'refined' (encoder pose refined against the map, "
+                             "with a global search every few steps) or 'encoder' (the paper) "
+                             f"(default {_default('amortized_poses')})")
+    parser.add_argument("--search-max-shift-fraction", type=float, default=_default("search_max_shift_fraction"),
+                        help="particles are searched up to this fraction of the box off centre, per axis "
+                             f"(default {_default('search_max_shift_fraction')})")
     parser.add_argument("--mask-radius-angstrom", type=float, default=None,
                         help="radius of the circular mask applied to the particles, Å (default: 90%% of half the box)")
     parser.add_argument("--invert-contrast", action="store_true",
@@ -86,8 +100,6 @@ def add_log_file(outdir: str) -> logging.Handler:
     return handler
 
 def build_config(args, table):
-    from cryoai_core.train.config import TrainConfig
-
     box = args.box or min(table.box, 64)
     max_minutes = args.max_minutes if (args.max_minutes or args.epochs) else 30.0
     return TrainConfig(
@@ -97,7 +109,8 @@ def build_config(args, table):
         symmetric_loss=not args.no_symmetric_loss, bootstrap=not args.no_bootstrap,
         mask_radius_angstrom=args.mask_radius_angstrom, invert_contrast=args.invert_contrast, seed=args.seed,
         device=resolve_device(args.device), num_workers=args.num_workers,
-        checkpoint_minutes=args.checkpoint_minutes)
+        checkpoint_minutes=args.checkpoint_minutes, amortized_poses=args.amortized_poses,
+        search_max_shift_fraction=args.search_max_shift_fraction)
 
 def main(args):
     import torch

@@ -1,6 +1,9 @@
 """The frozen configuration of an ab initio run (saved as ``OUTDIR/config.yaml`` and in checkpoints)."""
 import dataclasses
 
+AMORTIZED_POSES = ("refined", "encoder")
+"""Choices of :attr:`TrainConfig.amortized_poses`."""
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -43,7 +46,24 @@ class TrainConfig:
     bootstrap: bool = True
     """Start with a batch-wise global pose search that teaches the encoder (see ``train/learner.py``)."""
     search_rotations: int = 4096
-    """Rotations in the global search grid of the bootstrap phase."""
+    """Rotations in the global search grid (bootstrap, and the global checks of the refined amortized phase)."""
+    search_max_shift_fraction: float = 0.15
+    """Translations are searched within ± this fraction of the box per axis (the encoder's shift head reaches
+    as far as the search, see :attr:`max_shift_px`)."""
+    search_shift_points: int = 7
+    """Points per axis of the coarse translation grid; the coarse stage runs at :attr:`coarse_radius_px`."""
+    search_refine_steps: int = 3
+    """Halvings of the local refinement (27 rotations x 9 translations around the current best)."""
+    amortized_poses: str = "encoder"
+    """Poses the amortized phase trains on: ``refined`` (the encoder's pose refined locally against the map, plus
+    a global search every ``global_search_every`` steps; the encoder learns the result) or ``encoder`` (the
+    paper: the encoder's poses end to end)."""
+    local_rotation_degrees: float = 6.0
+    """First rotation step of the local refinement around an encoder pose (then halved)."""
+    local_shift_px: float = 1.0
+    """First translation step of the local refinement around an encoder pose (then halved)."""
+    global_search_every: int = 4
+    """In the refined amortized phase, every n-th step also runs the global search; the lower residual wins."""
     bootstrap_agreement_degrees: float = 8.0
     """Leave the bootstrap phase when the encoder's median disagreement with the search drops below this."""
     bootstrap_max_fraction: float = 0.6
@@ -78,6 +98,13 @@ class TrainConfig:
             raise ValueError(f"--mask-radius-angstrom must be positive, got {self.mask_radius_angstrom}")
         if self.num_workers < 0:
             raise ValueError(f"--num-workers must be ≥ 0, got {self.num_workers}")
+        if not 0 <= self.search_max_shift_fraction <= 0.5:
+            raise ValueError(f"--search-max-shift-fraction must lie in [0, 0.5], got {self.search_max_shift_fraction}")
+        if self.search_shift_points < 1 or self.search_refine_steps < 0 or self.global_search_every < 1:
+            raise ValueError("search grid sizes and the global search rate must be positive")
+        if self.amortized_poses not in AMORTIZED_POSES:
+            raise ValueError(f"--amortized-poses must be one of {', '.join(AMORTIZED_POSES)}, "
+                             f"got {self.amortized_poses!r}")
         if not 0 < self.marching_fraction <= 1 or not 0 <= self.bootstrap_max_fraction <= 1:
             raise ValueError("marching and bootstrap fractions must lie in (0, 1]")
 
@@ -92,3 +119,22 @@ class TrainConfig:
     @property
     def nyquist_radius_px(self) -> float:
         return self.box / 2 - 1
+
+    @property
+    def shift_step_px(self) -> float:
+        """Step of the coarse translation grid (training pixels); 0 when only the centre is searched."""
+        if self.search_shift_points < 2:
+            return 0.0
+        return 2.0 * self.search_max_shift_fraction * self.box / (self.search_shift_points - 1)
+
+    @property
+    def max_shift_px(self) -> float:
+        """Largest origin the search reaches per axis (grid extent + the refinement's steps) and the bound of
+        the encoder's shift head, training pixels."""
+        return self.search_max_shift_fraction * self.box + self.shift_step_px
+
+    @property
+    def coarse_radius_px(self) -> float:
+        """Fourier radius of the coarse search: a half-step translation error costs at most a quarter turn of
+        phase there, ``2π (r / L) (step / 2) ≤ π / 2``."""
+        return self.nyquist_radius_px if self.shift_step_px == 0 else self.box / (2.0 * self.shift_step_px)

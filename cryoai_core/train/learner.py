@@ -8,8 +8,11 @@ Two phases share the same networks:
   is taught to predict them (squared Frobenius + shift errors). Cost per step depends on the batch
   only. It ends when the encoder agrees with the search (median angle below a threshold) or after a
   fraction of the budget.
-* **amortized** (the paper): the encoder's poses go straight into the decoder and both train end to
-  end with the symmetrized loss (eq. 10) or plain L2.
+* **amortized**, ``amortized_poses="encoder"`` (the paper): the encoder's poses go straight into the
+  decoder and both train end to end with the symmetrized loss (eq. 10) or plain L2.
+* **amortized**, ``amortized_poses="refined"`` (keeps what the search found): the encoder proposes, a
+  local refinement around its pose (27 rotations x 9 shifts, a few rounds) and, every few steps, the
+  global search give the pose that the decoder trains on and that the encoder learns, as in the bootstrap.
 
 Coarse-to-fine frequency marching limits the loss to a Fourier radius that grows with training.
 """
@@ -24,7 +27,7 @@ from cryoai_core.fourier import fft2_centered, rotate_180_in_plane
 from cryoai_core.models.encoder import EncoderConfig, PoseEncoder
 from cryoai_core.models.forward_model import HalfDisk, render
 from cryoai_core.models.fouriernet import FourierNet
-from cryoai_core.pose_search import GridVolume, PoseSearch
+from cryoai_core.pose_search import PoseSearch, network_grid
 from cryoai_core.rotations import compose_in_plane_180, geodesic_angle
 from cryoai_core.train.config import TrainConfig
 from cryoai_core.train.loss import symmetrized_loss, weighted_distances
@@ -66,7 +69,7 @@ class CryoAILearner(torch.nn.Module):
         self.config = config
         self.encoder = PoseEncoder(EncoderConfig(
             box=config.box, base_channels=config.encoder_channels,
-            max_shift_angstrom=config.box * config.pixel_size_angstrom / 4))
+            max_shift_angstrom=config.max_shift_px * config.pixel_size_angstrom))
         self.decoder = FourierNet(hidden_features=config.fouriernet_width)
         self.encoder_optimizer = torch.optim.Adam(self.encoder.parameters(), lr=config.lr_encoder, amsgrad=True)
         self.decoder_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.lr_decoder, amsgrad=True)
@@ -79,6 +82,7 @@ class CryoAILearner(torch.nn.Module):
         self._disks = {}
         self._grid = None
         self._grid_radius = 0.0
+        self._grid_step = -1
         self._search = None
 
     def disk(self, radius_px: float) -> HalfDisk:
@@ -111,6 +115,8 @@ class CryoAILearner(torch.nn.Module):
             self._end_bootstrap(f"bootstrap budget spent ({self.config.bootstrap_max_fraction:.0%})")
         if self.phase == "bootstrap":
             loss = self._bootstrap_step(images, ctf, disk, generator)
+        elif self.config.amortized_poses == "refined":
+            loss = self._refined_step(images, ctf, disk, generator)
         else:
             loss = self._amortized_step(images, ctf, disk)
         self.steps += 1
@@ -119,7 +125,8 @@ class CryoAILearner(torch.nn.Module):
     @property
     def at_safe_point(self) -> bool:
         """True when a checkpoint taken now resumes exactly (the search grid is rebuilt at the next step)."""
-        return self.phase != "bootstrap" or self.steps % GRID_REFRESH_STEPS == 0
+        uses_grid = self.phase == "bootstrap" or self.config.amortized_poses == "refined"
+        return not uses_grid or self.steps % GRID_REFRESH_STEPS == 0
 
     def _end_bootstrap(self, reason: str) -> None:
         logger.info("step %d: switching to amortized training (%s)", self.steps, reason)
@@ -132,24 +139,67 @@ class CryoAILearner(torch.nn.Module):
         torch.nn.utils.clip_grad_norm_(parameters, self.config.grad_clip)
         optimizer.step()
 
-    def _bootstrap_step(self, images, ctf, disk, generator) -> float:
+    @property
+    def search(self) -> PoseSearch:
+        """The pose search of this run (global grid and local refinement)."""
         if self._search is None:
-            self._search = PoseSearch(num_rotations=self.config.search_rotations)
-        if self._grid is None or self.steps % GRID_REFRESH_STEPS == 0 \
-                or self._grid_radius < disk.radius_px.max().item():
-            self.decoder.eval()
-            self._grid = GridVolume.from_network(self.decoder, self.config.box, disk.radius_px.max().item())
-            self._grid_radius = disk.radius_px.max().item()
-            self.decoder.train()
-        targets = self.spectra(images, disk)
-        found = self._search.search(self._grid, targets, ctf, disk, generator)
-        rotations, origins_px = found.rotations.to(images.device), found.origins_px.to(images.device)
+            c = self.config
+            self._search = PoseSearch(num_rotations=c.search_rotations,
+                                      max_shift_px=c.search_max_shift_fraction * c.box,
+                                      shift_points=c.search_shift_points, coarse_radius_px=c.coarse_radius_px,
+                                      refine_steps=c.search_refine_steps)
+        return self._search
 
+    def cached_map(self, disk: HalfDisk):
+        """FourierNet cached on a Fourier grid covering ``disk``: rebuilt every ``GRID_REFRESH_STEPS`` steps
+        and whenever the disk outgrows it."""
+        radius = disk.radius_px.max().item()
+        stale = self.steps % GRID_REFRESH_STEPS == 0 and self._grid_step != self.steps
+        if self._grid is None or stale or self._grid_radius < radius:
+            was_training = self.decoder.training
+            self.decoder.eval()
+            self._grid = network_grid(self.decoder, self.config.box, radius)
+            self.decoder.train(was_training)
+            self._grid_radius, self._grid_step = radius, self.steps
+        return self._grid
+
+    def _bootstrap_step(self, images, ctf, disk, generator) -> float:
+        targets = self.spectra(images, disk)
+        found = self.search.search(self.cached_map(disk), targets, ctf, disk, generator)
+        loss = self._train_on_poses(images, targets, ctf, disk, found.rotations, found.origins_px)
+        if self.agreement_degrees < self.config.bootstrap_agreement_degrees and disk.radius_px.max() >= 8:
+            self._end_bootstrap(f"encoder agrees with the search within {self.agreement_degrees:.1f}°")
+        return loss
+
+    def _refined_step(self, images, ctf, disk, generator) -> float:
+        """Amortized phase with the search kept in the loop: the encoder proposes, a local refinement around
+        its pose (and, every ``global_search_every`` steps, the global search) decides the pose that the
+        decoder trains on and the encoder learns."""
+        config = self.config
+        targets = self.spectra(images, disk)
+        grid = self.cached_map(disk)
+        encoded = self.encoder(images)[:2]
+        proposed, proposed_origins = encoded[0].detach(), encoded[1].detach()
+        found = self.search.refine(grid, targets, ctf, disk, proposed, proposed_origins / config.pixel_size_angstrom,
+                                   config.local_rotation_degrees, config.local_shift_px, config.search_refine_steps)
+        rotations, origins_px = found.rotations, found.origins_px
+        if self.steps % config.global_search_every == 0:
+            searched = self.search.search(grid, targets, ctf, disk, generator)
+            better = searched.distances < found.distances
+            rotations = torch.where(better[:, None, None], searched.rotations, rotations)
+            origins_px = torch.where(better[:, None], searched.origins_px, origins_px)
+        return self._train_on_poses(images, targets, ctf, disk, rotations, origins_px, encoded)
+
+    def _train_on_poses(self, images, targets, ctf, disk, rotations, origins_px, encoded=None) -> float:
+        """One decoder step on the given poses and one encoder step towards them; returns the decoder loss.
+
+        ``encoded``: the encoder's ``(rotations, origins_angstrom)`` for ``images`` if already computed."""
+        rotations, origins_px = rotations.to(images.device), origins_px.to(images.device)
         predicted = render(self.decoder, rotations, origins_px, ctf, disk)
         decoder_loss = weighted_distances(predicted, targets, disk.weights).mean()
         self._optimizer_step(self.decoder_optimizer, self.decoder.parameters(), decoder_loss)
 
-        encoded, origins_angstrom, _ = self.encoder(images)
+        encoded, origins_angstrom = self.encoder(images)[:2] if encoded is None else encoded
         rotation_error = ((encoded - rotations) ** 2).sum(dim=(-2, -1))
         shift_error = ((origins_angstrom / self.config.pixel_size_angstrom - origins_px) ** 2).sum(dim=-1)
         encoder_loss = (rotation_error + SHIFT_LOSS_WEIGHT * shift_error).mean()
@@ -158,8 +208,6 @@ class CryoAILearner(torch.nn.Module):
         median = torch.rad2deg(geodesic_angle(encoded.detach(), rotations)).median().item()
         self.agreement_degrees = median if math.isnan(self.agreement_degrees) else \
             AGREEMENT_MOMENTUM * self.agreement_degrees + (1 - AGREEMENT_MOMENTUM) * median
-        if self.agreement_degrees < self.config.bootstrap_agreement_degrees and disk.radius_px.max() >= 8:
-            self._end_bootstrap(f"encoder agrees with the search within {self.agreement_degrees:.1f}°")
         return decoder_loss.item()
 
     def _amortized_step(self, images, ctf, disk) -> float:
@@ -207,3 +255,40 @@ class CryoAILearner(torch.nn.Module):
         rotations = torch.where(use_flipped[:, None, None], candidates[1], candidates[0])
         origins = torch.where(use_flipped[:, None], shifts[1], shifts[0])
         return rotations, origins
+
+    @torch.no_grad()
+    def refine_poses(self, images: torch.Tensor, ctf_params: torch.Tensor | None, rotations: torch.Tensor,
+                     origins_angstrom: torch.Tensor, generator: torch.Generator | None = None) -> tuple:
+        """Poses of ``(B, L, L)`` normalised images refined against the trained map at the full radius.
+
+        A local refinement around the given poses and a global search run; per image, the lower distance
+        wins. Returns ``(rotations (B, 3, 3), origins_angstrom (B, 2))``.
+        """
+        self.eval()
+        config = self.config
+        disk = self.disk(config.nyquist_radius_px)
+        grid = self.cached_map(disk)
+        ctf = None if ctf_params is None else self.ctf_values(ctf_params, disk)
+        targets = self.spectra(images, disk)
+        local = self.search.refine(grid, targets, ctf, disk, rotations, origins_angstrom / config.pixel_size_angstrom,
+                                   config.local_rotation_degrees, config.local_shift_px, config.search_refine_steps)
+        searched = self.search.search(grid, targets, ctf, disk, generator)
+        better = searched.distances < local.distances
+        rotations = torch.where(better[:, None, None], searched.rotations, local.rotations)
+        origins_px = torch.where(better[:, None], searched.origins_px, local.origins_px)
+        return rotations, origins_px * config.pixel_size_angstrom
+
+    @torch.no_grad()
+    def fit_terms(self, images: torch.Tensor, ctf_params: torch.Tensor | None, rotations: torch.Tensor,
+                  origins_angstrom: torch.Tensor) -> tuple:
+        """``(distances (B,), energies (B,))`` at the full radius: the loss's distance of each image to the map
+        rendered at its pose, and its distance to an empty prediction (see :mod:`cryoai_core.train.score`)."""
+        self.eval()
+        disk = self.disk(self.config.nyquist_radius_px)
+        ctf = None if ctf_params is None else self.ctf_values(ctf_params, disk)
+        targets = self.spectra(images, disk)
+        predicted = render(self.decoder, rotations.float(), origins_angstrom.float() / self.config.pixel_size_angstrom,
+                           ctf, disk)
+        distances = weighted_distances(predicted, targets, disk.weights)
+        energies = weighted_distances(torch.zeros_like(targets), targets, disk.weights)
+        return distances, energies

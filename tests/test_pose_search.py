@@ -1,0 +1,152 @@
+"""The pose search finds known poses and shifts of simulated images, with and without CTF.
+
+Images come from the simulator (real-space projections, translated and CTF-multiplied in its own code
+path); the search only sees their transforms and a cached copy of the map, so a sign or unit slip in the
+search's shift phase, slice geometry or CTF handling shows as wrong poses.
+"""
+import numpy as np
+import pytest
+import roma
+import torch
+
+from cryoai_core.ctf import CTFParams, compute_ctf
+from cryoai_core.fourier import fft2_centered
+from cryoai_core.models.forward_model import HalfDisk, render
+from cryoai_core.pose_search import PoseSearch, network_grid, super_fibonacci_rotations
+from cryoai_core.rotations import geodesic_angle, random_rotations
+from cryoai_core.simulate import ImageSimulator, SimulationConfig, draw_parameters
+from cryoai_core.slicing import FourierGrid, VoxelFourierVolume
+from cryoai_core.train.loss import weighted_distances
+
+BOX = 32
+PIXEL = 3.0
+MAX_SHIFT_PX = 0.15 * BOX
+
+
+def blob_map(seed: int) -> torch.Tensor:
+    """An asymmetric map of six Gaussian blobs ``(BOX,)*3`` (no rotational symmetry)."""
+    generator = torch.Generator().manual_seed(seed)
+    coords = torch.arange(BOX, dtype=torch.float64) - BOX // 2
+    z, y, x = torch.meshgrid(coords, coords, coords, indexing="ij")
+    volume = torch.zeros(BOX, BOX, BOX, dtype=torch.float64)
+    for _ in range(6):
+        centre = (torch.rand(3, generator=generator, dtype=torch.float64) - 0.5) * 12
+        width = 2.0 + 3.0 * torch.rand(1, generator=generator, dtype=torch.float64)
+        volume += torch.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / width)
+    return volume
+
+
+class Problem:
+    """Simulated images of known poses, their half-disk transforms, CTFs and the map in cycles per pixel."""
+
+    def __init__(self, with_ctf: bool, count: int = 24, seed: int = 0):
+        volume = blob_map(seed)
+        config = SimulationConfig(num_particles=count, apply_ctf=with_ctf, defocus_median_angstrom=12000.0)
+        simulator = ImageSimulator(volume, PIXEL, config)
+        generator = torch.Generator().manual_seed(seed + 1)
+        params = draw_parameters(config, count, generator)
+        self.rotations = params.rotations
+        shifts = (torch.rand(count, 2, generator=generator, dtype=torch.float64) * 2 - 1) * MAX_SHIFT_PX
+        shifts[:4] = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]]) * MAX_SHIFT_PX
+        self.origins_px = shifts
+        images = simulator.images(params.rotations, shifts * PIXEL, params.ctf)
+        self.disk = HalfDisk(BOX, BOX / 2 - 1)
+        self.targets = self.disk.gather(fft2_centered(images)) / BOX
+        self.ctf = compute_ctf(self.disk.freqs_px / PIXEL, CTFParams.from_array(params.ctf)).float() \
+            if with_ctf else None
+        fourier = simulator.fourier_volume
+        # A projection's DFT is the slice x voxel³ / pixel², and the targets carry 1 / BOX.
+        self.map = lambda coords: fourier.sample(coords.double() / PIXEL) * (PIXEL / BOX)
+        self.grid = network_grid(self.map, BOX, self.disk.radius_px.max().item())
+
+
+def make_search(**changes) -> PoseSearch:
+    values = dict(num_rotations=4096, max_shift_px=MAX_SHIFT_PX, shift_points=7, coarse_radius_px=10.0,
+                  refine_steps=3)
+    values.update(changes)
+    return PoseSearch(**values)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["no_ctf", "ctf"])
+def problem(request):
+    return Problem(with_ctf=request.param)
+
+
+def angles(first, second) -> torch.Tensor:
+    return torch.rad2deg(geodesic_angle(first.double(), second.double()))
+
+
+def test_fourier_grid_reproduces_affine_functions_in_any_unit():
+    # Trilinear interpolation is exact for affine functions; the grid's unit is only its spacing.
+    slope = torch.tensor([0.3 + 1.0j, -2.0 + 0.5j, 0.7 - 0.2j], dtype=torch.complex64)
+    for spacing in (1.0 / 64, 1.0 / (64 * 2.5)):
+        grid = FourierGrid.from_function(lambda k: (k.to(torch.complex64) @ slope) + 1.5j, 64, spacing,
+                                         radius=20 * spacing)
+        points = (torch.rand(200, 3, generator=torch.Generator().manual_seed(0)) - 0.5) * 20 * spacing
+        expected = points.to(torch.complex64) @ slope + 1.5j
+        assert torch.allclose(grid.sample(points), expected, atol=1e-4)
+
+
+def test_voxel_volume_and_network_grid_share_the_sampler():
+    volume = VoxelFourierVolume(blob_map(1), PIXEL, oversampling=2)
+    cached = network_grid(lambda k: volume.sample(k / PIXEL), BOX, BOX / 2)
+    points = (torch.rand(500, 3, generator=torch.Generator().manual_seed(1)) - 0.5) * 0.6
+    assert torch.allclose(cached(points), volume.sample(points / PIXEL), rtol=1e-4, atol=1e-3)
+
+
+def test_search_distances_are_the_loss_distances(problem):
+    found = make_search(num_rotations=512).search(problem.grid, problem.targets, problem.ctf, problem.disk)
+    rendered = render(problem.grid, found.rotations, found.origins_px, problem.ctf, problem.disk)
+    expected = weighted_distances(rendered, problem.targets, problem.disk.weights)
+    assert torch.allclose(found.distances, expected, rtol=1e-3, atol=1e-6)
+
+
+def test_global_search_recovers_poses_and_shifts_up_to_15_percent_of_the_box(problem):
+    found = make_search().search(problem.grid, problem.targets, problem.ctf, problem.disk,
+                                 torch.Generator().manual_seed(2))
+    errors = angles(found.rotations, problem.rotations)
+    shift_errors = torch.linalg.vector_norm(found.origins_px.double() - problem.origins_px, dim=-1)
+    assert errors.median() < 2.0 and (errors < 5.0).float().mean() >= 0.9
+    assert shift_errors.median() < 0.25 and (shift_errors < 0.5).float().mean() >= 0.9
+    corners = shift_errors[:4]
+    assert corners.max() < 0.5, f"shifts at ±15 % of the box not recovered: {corners.tolist()}"
+
+
+def test_search_without_shift_grid_misses_large_shifts_that_the_grid_finds():
+    # Guards the test above: a centre-only translation grid cannot explain particles at ±15 % of the box.
+    problem = Problem(with_ctf=False, count=8)
+    narrow = make_search(shift_points=1, max_shift_px=0.0).search(problem.grid, problem.targets, None,
+                                                                   problem.disk, torch.Generator().manual_seed(3))
+    wide = make_search().search(problem.grid, problem.targets, None, problem.disk, torch.Generator().manual_seed(3))
+    assert (wide.distances[:4] < narrow.distances[:4]).all()
+    assert angles(narrow.rotations[:4], problem.rotations[:4]).median() > 10.0
+
+
+def test_local_refinement_never_worsens_and_recovers_perturbed_poses(problem):
+    generator = torch.Generator().manual_seed(4)
+    count = len(problem.rotations)
+    axes = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator, dtype=torch.float64), dim=-1)
+    start = problem.rotations @ roma.rotvec_to_rotmat(axes * np.radians(5.0))
+    start_shifts = problem.origins_px + torch.randn(count, 2, generator=generator, dtype=torch.float64) * 0.6
+    search = make_search()
+    before = search.distances(problem.grid, problem.targets, problem.ctf, problem.disk, start, start_shifts)
+    refined = search.refine(problem.grid, problem.targets, problem.ctf, problem.disk, start, start_shifts,
+                            rotation_step_degrees=4.0, shift_step_px=0.5, steps=4)
+    assert (refined.distances <= before + 1e-7).all()
+    assert angles(refined.rotations, problem.rotations).median() < 0.5 * angles(start, problem.rotations).median()
+    shift_before = torch.linalg.vector_norm(start_shifts - problem.origins_px, dim=-1)
+    shift_after = torch.linalg.vector_norm(refined.origins_px.double() - problem.origins_px, dim=-1)
+    assert shift_after.median() < 0.5 * shift_before.median()
+
+
+def test_search_grid_is_quasi_uniform():
+    rotations = super_fibonacci_rotations(512)
+    nearest = angles(rotations[:, None].expand(-1, 512, -1, -1).reshape(-1, 3, 3),
+                     rotations[None].expand(512, -1, -1, -1).reshape(-1, 3, 3)).reshape(512, 512)
+    nearest.fill_diagonal_(360.0)
+    spacing = nearest.min(dim=1).values
+    assert spacing.max() < 2.0 * spacing.min()
+    probes = random_rotations(200, torch.Generator().manual_seed(5)).double()
+    to_grid = angles(probes[:, None].expand(-1, 512, -1, -1).reshape(-1, 3, 3),
+                     rotations[None].expand(200, -1, -1, -1).reshape(-1, 3, 3)).reshape(200, 512)
+    assert to_grid.min(dim=1).values.max() < 1.5 * spacing.max()
