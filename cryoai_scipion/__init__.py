@@ -6,8 +6,11 @@ The Scipion process never imports torch: protocols convert particles to a RELION
 the command activates a dedicated environment first, e.g. the one ``scipion3 installb cryoai`` creates.
 """
 import importlib.util
+import json
+import logging
 import os
 import shlex
+import subprocess
 import sys
 
 import pwem
@@ -17,13 +20,29 @@ from cryoai_core import __version__
 from cryoai_scipion.constants import (CRYOAI_ENV_ACTIVATION, CRYOAI_ENV_NAME, CRYOAI_PACKAGE,
                                       CRYOAI_TORCH_INDEX_URL, DEFAULT_TORCH_INDEX_URL)
 
-_logo = ""
+_logo = "cryoai_logo.png"
 _references = ["Levy2022"]
+
+logger = logging.getLogger(__name__)
+
+DEVICE_CHECK_TIMEOUT_S = 120
+"""Longest wait for ``cryoai check-device`` (it imports torch, a few seconds)."""
+
+_deviceReports = {}
+"""``cryoai check-device --json`` answers by (program, CUDA_VISIBLE_DEVICES): asked once per process."""
 
 
 class Plugin(pwem.Plugin):
     _url = "https://doi.org/10.1007/978-3-031-19803-8_32"
     _supportedVersions = [__version__]
+
+    DISPLAY_NAME = "cryoAI"
+    """Shown for the package in the protocol tree and forms ("cryoAI - ab initio"), instead of the module
+    name: pyworkflow's ``Plugin.getName()`` returns ``_name`` when it is set."""
+
+    def __init__(self):
+        super().__init__()
+        self._name = self.DISPLAY_NAME
 
     @classmethod
     def _defineVariables(cls):
@@ -62,6 +81,25 @@ class Plugin(pwem.Plugin):
         if os.path.exists(script):
             return f"{shlex.quote(script)} {subcommand}"
         return f"{shlex.quote(sys.executable)} -m cryoai_core.cli {subcommand}"
+
+    @classmethod
+    def getDeviceReport(cls):
+        """What ``cryoai check-device --json`` says about this machine (``{"cuda": bool, "gpus": int,
+        ...}``), run as a subprocess so that Scipion's process never imports torch; ``None`` when it
+        cannot run. Asked once per process and environment."""
+        command = f"{cls.getProgram('check-device')} --json"
+        environ = cls.getEnviron()
+        key = (command, environ.get("CUDA_VISIBLE_DEVICES"))
+        if key not in _deviceReports:
+            try:
+                result = subprocess.run(command, shell=True, env=environ, capture_output=True, text=True,
+                                        timeout=DEVICE_CHECK_TIMEOUT_S)
+                lines = result.stdout.strip().splitlines()
+                _deviceReports[key] = json.loads(lines[-1]) if result.returncode == 0 and lines else None
+            except (OSError, subprocess.TimeoutExpired, ValueError) as error:
+                logger.warning("cryoai check-device failed: %s", error)
+                _deviceReports[key] = None
+        return _deviceReports[key]
 
     @classmethod
     def validateInstallation(cls):

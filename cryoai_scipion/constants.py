@@ -18,6 +18,9 @@ CRYOAI_ENV_NAME = f"cryoai-{__version__}"
 INPUT_STAR = "input_particles.star"
 """RELION 3.1 star written by ``convertInputStep`` in the run's ``extra/``."""
 
+INPUT_STACKS = "input"
+"""Folder of the run's ``extra/`` holding links to (or conversions of) the input stacks."""
+
 TRAIN_DIR = "cryoai"
 """Output folder of ``cryoai abinit`` inside the run's ``extra/``."""
 

@@ -62,38 +62,59 @@ def transformMatrixToPose(matrix):
 
 
 def stackPath(fileName: str) -> str:
-    """Absolute path of a Scipion image file name, without a ``:format`` suffix."""
-    return os.path.abspath(fileName.split(":")[0])
+    """The file a Scipion image file name points at, without a ``:format`` suffix, resolved like the
+    operating system does: symbolic links are followed before ``..`` is applied (an import's link folder
+    followed by ``../`` is another folder than ``os.path.abspath`` would say)."""
+    return os.path.realpath(fileName.split(":")[0])
 
 
-def _mrcStacks(particles, convertedDir: str) -> dict:
-    """Map every stack of ``particles`` to an MRC file the core can read, converting other formats into
-    ``convertedDir`` with pwem's ImageHandler (indices are kept)."""
-    from pwem.emlib.image import ImageHandler
+def linkStacks(particles, stackDir: str) -> dict:
+    """Make every stack of ``particles`` available in ``stackDir`` as a file the core reads.
 
+    MRC stacks are linked there (``NNN_name.mrcs`` -> the resolved stack), others are converted to
+    ``.mrcs`` with pwem's ImageHandler (indices are kept). Links keep a run folder self-contained: star
+    files inside it can name images by relative paths.
+
+    Returns:
+        Scipion file name -> path in ``stackDir``.
+
+    Raises:
+        FileNotFoundError: naming the stacks that do not exist.
+    """
+    fileNames = list(particles.getUniqueValues("_filename"))
+    missing = [name for name in fileNames if not os.path.isfile(stackPath(name))]
+    if missing:
+        shown = ", ".join(f"{name} ({stackPath(name)})" for name in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise FileNotFoundError(f"{len(missing)} particle stack(s) not found: {shown}{more}")
+    os.makedirs(stackDir, exist_ok=True)
     stacks = {}
-    for fileName in particles.getUniqueValues("_filename"):
+    for number, fileName in enumerate(fileNames):
         path = stackPath(fileName)
-        if path.lower().endswith(MRC_EXTENSIONS):
-            stacks[fileName] = path
-            continue
-        os.makedirs(convertedDir, exist_ok=True)
-        base = os.path.splitext(os.path.basename(path))[0]
-        target = os.path.join(convertedDir, f"{len(stacks):03d}_{base}.mrcs")
-        logger.info("converting %s to %s", path, target)
-        ImageHandler().convertStack(fileName, target)
-        stacks[fileName] = os.path.abspath(target)
+        base, extension = os.path.splitext(os.path.basename(path))
+        if extension.lower() in MRC_EXTENSIONS:
+            target = os.path.join(stackDir, f"{number:03d}_{base}{extension}")
+            if os.path.lexists(target):
+                os.remove(target)
+            os.symlink(path, target)
+        else:
+            target = os.path.join(stackDir, f"{number:03d}_{base}.mrcs")
+            logger.info("converting %s to %s", path, target)
+            from pwem.emlib.image import ImageHandler
+            ImageHandler().convertStack(fileName, target)
+        stacks[fileName] = target
     return stacks
 
 
-def writeSetOfParticles(particles, starPath: str, convertedDir: str, writePoses: bool = False) -> int:
+def writeSetOfParticles(particles, starPath: str, stackDir: str, writePoses: bool = False) -> int:
     """Write ``particles`` (in id order) as a RELION 3.1 star: one optics group from the set's acquisition
-    and sampling rate, per-particle CTF, image names ``index@/absolute/stack.mrcs``.
+    and sampling rate, per-particle CTF, image names ``index@stack`` relative to the star's folder (the
+    stacks are linked or converted into ``stackDir`` by :func:`linkStacks`).
 
     Args:
         particles: a SetOfParticles with CTF.
         starPath: the star file to write.
-        convertedDir: where stacks in formats other than MRC are converted.
+        stackDir: folder for the links to (or conversions of) the stacks.
         writePoses: also write the projection alignment (angles, origins in Å).
 
     Returns:
@@ -103,10 +124,14 @@ def writeSetOfParticles(particles, starPath: str, convertedDir: str, writePoses:
         raise ValueError("the particles have no CTF; estimate or assign CTFs first")
     if writePoses and not particles.hasAlignmentProj():
         raise ValueError("the particles have no projection alignment to write")
+    if particles.getSize() == 0:
+        raise ValueError("the set of particles is empty")
     pixelSize = particles.getSamplingRate()
     box = particles.getXDim()
     acquisition = particles.getAcquisition()
-    stacks = _mrcStacks(particles, convertedDir)
+    starFolder = os.path.dirname(os.path.abspath(starPath))
+    stacks = {name: os.path.relpath(os.path.abspath(path), starFolder)
+              for name, path in linkStacks(particles, stackDir).items()}
     rows = []
     for particle in particles.iterItems(orderBy="id", direction="ASC"):
         index, fileName = particle.getLocation()
@@ -119,8 +144,6 @@ def writeSetOfParticles(particles, starPath: str, convertedDir: str, writePoses:
             angles, shifts = transformMatrixToPose(particle.getTransform().getMatrix())
             row.update(zip(POSE_COLUMNS, [*angles, *(shifts * pixelSize)]))
         rows.append(row)
-    if not rows:
-        raise ValueError("the set of particles is empty")
     optics = pd.DataFrame([{
         "rlnOpticsGroupName": "opticsGroup1", "rlnOpticsGroup": 1,
         "rlnMicrographOriginalPixelSize": pixelSize, "rlnVoltage": acquisition.getVoltage(),
@@ -157,11 +180,13 @@ def readImageNames(starPath: str) -> np.ndarray:
     return table["rlnImageName"].astype(str).to_numpy()
 
 
-def sameImage(first: str, second: str, folder: str = ".") -> bool:
+def sameImage(first: str, second: str, firstFolder: str = ".", secondFolder: str | None = None) -> bool:
     """Whether two RELION image names ``index@path`` point at the same image; relative paths are taken
-    from ``folder`` and paths are compared resolved."""
+    from their star file's folder (``firstFolder``, ``secondFolder``; the second defaults to the first)
+    and paths are compared resolved."""
     firstIndex, _, firstPath = first.partition("@")
     secondIndex, _, secondPath = second.partition("@")
+    secondFolder = firstFolder if secondFolder is None else secondFolder
     return (int(firstIndex) == int(secondIndex)
-            and os.path.realpath(os.path.join(folder, firstPath))
-            == os.path.realpath(os.path.join(folder, secondPath)))
+            and os.path.realpath(os.path.join(firstFolder, firstPath))
+            == os.path.realpath(os.path.join(secondFolder, secondPath)))

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "abinit": "cryoai_core.cli.abinit",
     "predict-poses": "cryoai_core.cli.predict_poses",
     "demo": "cryoai_core.cli.demo",
+    "check-device": "cryoai_core.cli.check_device",
 }
 
 

@@ -30,7 +30,7 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
     inference, no orientation search). Outputs an initial map at the particles' box and pixel size and the
     particles with their predicted poses, ready for RELION 3D auto-refine or cryoSPARC refinement.
     """
-    _label = "cryoAI ab initio"
+    _label = "ab initio"
     _devStatus = BETA
     _possibleOutputs = outputs
 
@@ -221,9 +221,9 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
                            f"(trained at {self.getEffectiveTrainingBox()} px).")
             summary.append(f"{getattr(self, outputs.outputParticles.name).getSize()} particles with "
                            f"predicted poses (projection alignment).")
-        elif not metrics:
+        elif not metrics and not self.isFailed():
             summary.append("Training has not started yet.")
-        return summary
+        return self.failureSummary() + summary
 
     def _methods(self):
         particles = self.inputParticles.get()
@@ -231,10 +231,13 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
             return []
         metrics = self.readMetrics()
         epochs = f"{metrics[-1].get('epoch', 0):g} epochs" if metrics else "its training schedule"
+        trainingBox = self.getEffectiveTrainingBox()
+        cropped = (f", Fourier-cropped to {trainingBox} px for training," if trainingBox < particles.getXDim()
+                   else "")
         return [f"An initial map was reconstructed ab initio with cryoAI [Levy2022] from {particles.getSize()} "
-                f"particles ({particles.getXDim()} px, {particles.getSamplingRate():g} Å/px), Fourier-cropped "
-                f"to {self.getEffectiveTrainingBox()} px for training, over {epochs}. cryoAI's encoder "
-                f"predicted the orientation and shift of every particle (amortized inference)."]
+                f"particles ({particles.getXDim()} px, {particles.getSamplingRate():g} Å/px){cropped} over "
+                f"{epochs}. cryoAI's encoder predicted the orientation and shift of every particle (amortized "
+                f"inference)."]
 
     def _citations(self):
         return ["Levy2022"]

@@ -1,14 +1,16 @@
 """What both cryoAI protocols share: GPU parameters, running ``cryoai``, input checks, aligned outputs."""
 import os
+import re
 
 import pyworkflow.protocol.params as params
 from pwem.objects import Transform
 from pwem.protocols import EMProtocol
+from pyworkflow.exceptions import PyworkflowException
 from pyworkflow.utils import getListFromRangeString
 
 from cryoai_scipion import Plugin
 from cryoai_scipion import convert
-from cryoai_scipion.constants import INPUT_STAR
+from cryoai_scipion.constants import INPUT_STACKS, INPUT_STAR
 
 
 class CryoAIProtBase(EMProtocol):
@@ -25,18 +27,35 @@ class CryoAIProtBase(EMProtocol):
 
     # --------------------------- running cryoai ----------------------------------------
     def _runCryoai(self, subcommand: str, arguments: list):
-        """Run ``cryoai SUBCOMMAND ARGUMENTS`` as a job (its output goes to the run log)."""
+        """Run ``cryoai SUBCOMMAND ARGUMENTS`` as a job (its output goes to the run log). When it fails,
+        the step fails with the core's one-line reason, taken from what the job wrote to the run's
+        stderr log."""
         gpus = self.getGpuList()[:1] if self.usesGpu() else []
         environ = Plugin.getEnviron(gpus=gpus, threads=self.numberOfThreads.get())
         device = "cuda" if self.usesGpu() else "cpu"
-        self.runJob(Plugin.getProgram(subcommand), " ".join(arguments + ["--device", device, "--no-progress"]),
-                    env=environ, numberOfMpi=1, numberOfThreads=1)
+        stderrLog = self.getStderrLog()
+        start = os.path.getsize(stderrLog) if os.path.exists(stderrLog) else 0
+        try:
+            self.runJob(Plugin.getProgram(subcommand),
+                        " ".join(arguments + ["--device", device, "--no-progress"]),
+                        env=environ, numberOfMpi=1, numberOfThreads=1)
+        except Exception as error:
+            reason = failureReason(_readFrom(stderrLog, start)) or str(error)
+            raise PyworkflowException(f"cryoai {subcommand} failed: {reason}") from None
+
+    def failureSummary(self) -> list:
+        """``["FAILED: <reason>"]`` for a failed run, else ``[]``."""
+        if not self.isFailed():
+            return []
+        message = re.sub(r"\x1b\[[0-9;]*m", "", self.getErrorMessage() or "").strip()
+        message = message.removeprefix("Protocol failed:").strip()
+        return [f"FAILED: {message or 'see the run log'}"]
 
     def _inputStarPath(self) -> str:
         return self._getExtraPath(INPUT_STAR)
 
     def _writeInputStar(self, particles):
-        count = convert.writeSetOfParticles(particles, self._inputStarPath(), self._getExtraPath("converted"))
+        count = convert.writeSetOfParticles(particles, self._inputStarPath(), self._getExtraPath(INPUT_STACKS))
         self.info(f"wrote {count} particles to {self._inputStarPath()}")
 
     # --------------------------- outputs ------------------------------------------------
@@ -48,7 +67,8 @@ class CryoAIProtBase(EMProtocol):
             raise ValueError(f"{starPath} holds {len(names)} particles, the input {inputSet.getSize()}")
         inputNames = convert.readImageNames(self._inputStarPath())
         mismatch = next((i for i, (a, b) in enumerate(zip(inputNames, names))
-                         if not convert.sameImage(a, b, os.path.dirname(starPath))), None)
+                         if not convert.sameImage(a, b, os.path.dirname(self._inputStarPath()),
+                                                  os.path.dirname(starPath))), None)
         if mismatch is not None:
             raise ValueError(f"{starPath} row {mismatch + 1} is {names[mismatch]}, expected "
                              f"{inputNames[mismatch]}: cryoai did not keep the input order")
@@ -86,6 +106,8 @@ class CryoAIProtBase(EMProtocol):
         return errors
 
     def _validateGpus(self) -> list:
+        """Errors for the GPU choice: a malformed list, or (when the job runs on this machine) no CUDA or
+        a GPU number this machine does not have, as ``cryoai check-device`` reports."""
         if not self.usesGpu():
             return []
         try:
@@ -93,8 +115,24 @@ class CryoAIProtBase(EMProtocol):
         except ValueError:
             gpus = None
         if not gpus or any(not isinstance(gpu, int) or gpu < 0 for gpu in gpus):
-            return [f"Invalid GPU list '{self.gpuList.get()}': give one GPU number such as 0 (as numbered "
+            return [f"Invalid GPU list '{self.gpuList.get()}': give GPU numbers such as 0 (as numbered "
                     f"by nvidia-smi), or choose not to use a GPU."]
+        if self.useQueue():  # the job runs on a queue's node, whose GPUs cannot be seen from here
+            return []
+        report = Plugin.getDeviceReport()
+        if report is None:
+            return []
+        if not report.get("cuda"):
+            build = (f"CUDA {report.get('cuda_version')} build" if report.get("cuda_version")
+                     else "CPU-only build")
+            return [f"Use GPU is Yes, but cryoai finds no CUDA GPU on this machine (torch "
+                    f"{report.get('torch')}, {build}). Choose No to train on the CPU, or install a CUDA "
+                    f"build of torch for cryoai."]
+        count = int(report.get("gpus", 0))
+        absent = [gpu for gpu in gpus if gpu >= count]
+        if absent:
+            return [f"GPU {', '.join(map(str, absent))} not found: cryoai sees {count} GPU(s), "
+                    f"numbered 0 to {count - 1}."]
         return []
 
     def _gpuWarnings(self) -> list:
@@ -102,3 +140,30 @@ class CryoAIProtBase(EMProtocol):
             return [f"cryoAI trains on one GPU; only GPU {self.getGpuList()[0]} will be used."]
         return []
 
+
+
+ERROR_LINE = re.compile(r"(?:^|\s)error:\s*(.+)$", re.IGNORECASE)
+"""A line of the core's stderr that states why it stopped: ``cryoai SUBCOMMAND: error: REASON``."""
+
+
+def failureReason(stderrText: str) -> str:
+    """The reason a ``cryoai`` job gives for failing: the last ``error:`` line of its stderr, else the
+    last line of a Python traceback (``SomeError: message``), else ''."""
+    lines = [line.strip() for line in stderrText.splitlines() if line.strip()]
+    for line in reversed(lines):
+        match = ERROR_LINE.search(line)
+        if match:
+            return match.group(1).strip()
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        return lines[-1]
+    return ""
+
+
+def _readFrom(path: str, offset: int) -> str:
+    """The text of ``path`` after byte ``offset`` ('' when unreadable)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -24,7 +24,7 @@ class CryoAIProtPredictPoses(ProtParticles, CryoAIProtBase):
     The particles are Fourier-resampled to the encoder's box and pixel size; they should show the same
     molecule, imaged under similar conditions, in a box of about the same size in Å.
     """
-    _label = "cryoAI predict poses"
+    _label = "predict poses"
     _devStatus = BETA
     _possibleOutputs = outputs
 
@@ -84,6 +84,8 @@ class CryoAIProtPredictPoses(ProtParticles, CryoAIProtBase):
         return warnings
 
     def _summary(self):
+        if self.isFailed():
+            return self.failureSummary()
         if not self.hasAttribute(outputs.outputParticles.name):
             return ["Poses not predicted yet."]
         return [f"Poses of {self.outputParticles.getSize()} particles predicted by the encoder of "

@@ -106,7 +106,9 @@ class TestCryoAIConvert(BaseTest):
         np.testing.assert_allclose(convert.eulerToMatrix(table.euler_angles_degrees),
                                    convert.eulerToMatrix(ANGLES[np.arange(5) % 3]), atol=1e-5)
         names, _, _ = convert.readPoses(outStar)
-        self.assertTrue(convert.sameImage(names[2], f"3@{stackPath}"))
+        self.assertEqual(names[2], "000003@conv/000_stack.mrcs")  # a link, relative to the star's folder
+        self.assertEqual(os.path.realpath(self.getOutputPath("conv", "000_stack.mrcs")), os.path.realpath(stackPath))
+        self.assertTrue(convert.sameImage(names[2], f"3@{stackPath}", os.path.dirname(outStar)))
 
     def test_write_star_needs_ctf(self):
         stackPath = self.getOutputPath("stack_noctf.mrcs")

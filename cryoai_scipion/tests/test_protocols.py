@@ -10,7 +10,7 @@ from pwem.objects import SetOfParticles, Volume
 from pwem.protocols import ProtImportParticles
 from pyworkflow.tests import BaseTest, setupTestProject
 
-from cryoai_scipion import convert
+from cryoai_scipion import Plugin, convert
 from cryoai_scipion.protocols import CryoAIProtAbinitio, CryoAIProtPredictPoses
 from cryoai_scipion.tests.pose_error import alignedMedianErrorDegrees, randomBaselineDegrees
 from cryoai_scipion.tests.synthetic import MAGNIFICATION, StarParticles, simulateParticles, \
@@ -98,7 +98,7 @@ class TestCryoAIProtocols(BaseTest):
         summary = " ".join(self.abinitio.summary())
         self.assertIn(f"{BOX} px box", summary)
         self.assertIn(f"{TRAIN_COUNT} particles", summary)
-        self.assertIn("cryoAI", " ".join(self.abinitio.methods()))
+        self.assertIn(f"Fourier-cropped to {TRAINING_BOX} px", " ".join(self.abinitio.methods()))
         self.assertEqual(self.abinitio._citations(), ["Levy2022"])
 
     # --------------------------- chaining -----------------------------------------------------
@@ -226,7 +226,8 @@ class TestCryoAIProtocols(BaseTest):
             self.assertIn("even box", " ".join(self._abinitioOn(self.trainParticles).validate()))
         gpus = self._abinitioOn(self.trainParticles, useGpu=True, gpuList="zero")
         self.assertIn("Invalid GPU list", " ".join(gpus.validate()))
-        self.assertEqual(self._abinitioOn(self.trainParticles, useGpu=True, gpuList="0").validate(), [])
+        with mock.patch.object(Plugin, "getDeviceReport", return_value={"cuda": True, "gpus": 1}):
+            self.assertEqual(self._abinitioOn(self.trainParticles, useGpu=True, gpuList="0").validate(), [])
         limits = self._abinitioOn(self.trainParticles, numEpochs=0, maxMinutes=0)
         self.assertIn("training needs a limit", " ".join(limits.validate()))
         reserved = self._abinitioOn(self.trainParticles, extraParams="--resume")
