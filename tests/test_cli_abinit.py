@@ -97,4 +97,4 @@ def test_nan_images_and_bad_output_folders_are_refused(simulated, tmp_path, caps
     blocker.write_text("not a folder")
     assert main(["abinit", os.path.join(simulated, "particles.star"), "-o", str(blocker / "run"),
                  "--epochs", "1"]) == 2
-    assert "output folder" in capsys.readouterr().err
+    assert "is a file, not a folder" in capsys.readouterr().err

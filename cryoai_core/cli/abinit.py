@@ -14,6 +14,7 @@ import logging
 import os
 
 from cryoai_core.cli import CommandError
+from cryoai_core.cli.checks import check_number, check_writable_folder
 from cryoai_core.train.config import AMORTIZED_POSES, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -69,28 +70,112 @@ def resolve_device(name: str):
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CommandError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     try:
-        torch.device(name)
+        device = torch.device(name)
     except RuntimeError as error:
-        raise CommandError(f"--device {name}: {error}") from error
+        raise CommandError(f"--device {name}: not a device name (use auto, cpu, cuda or cuda:N)") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CommandError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise CommandError(f"--device {name}: only cpu and cuda devices are supported")
     return name
 
-def prepare_outdir(outdir: str, resume: bool) -> None:
+
+RUN_OUTPUTS = ("checkpoint.pt", "metrics.csv", "volume.mrc", "particles.star", "config.yaml", "run.log")
+"""Files whose presence marks a folder as holding a run."""
+
+MIN_MASK_RADIUS_PX = 4.0
+"""A mask radius below this (training pixels) leaves too little of the particle to reconstruct."""
+
+
+def check_outdir(outdir: str, resume: bool) -> None:
+    """A new run needs a folder free of earlier outputs; ``--resume`` needs the earlier checkpoint."""
     from cryoai_core.train.checkpoint import CHECKPOINT_NAME
 
-    checkpoint = os.path.join(outdir, CHECKPOINT_NAME)
-    if resume and not os.path.isfile(checkpoint):
-        raise CommandError(f"--resume: {outdir} holds no checkpoint ({CHECKPOINT_NAME})")
-    if not resume and os.path.isfile(checkpoint):
+    check_writable_folder(outdir, "-o/--outdir")
+    if resume:
+        if not os.path.isfile(os.path.join(outdir, CHECKPOINT_NAME)):
+            raise CommandError(f"--resume: {outdir} holds no checkpoint ({CHECKPOINT_NAME})")
+        return
+    found = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(outdir, name))]
+    if CHECKPOINT_NAME in found:
         raise CommandError(f"{outdir} already holds a run; add --resume to continue it or choose another folder")
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as error:
-        raise CommandError(f"cannot create the output folder {outdir}: {error.strerror}") from error
-    if not os.access(outdir, os.W_OK):
-        raise CommandError(f"the output folder {outdir} is not writable")
+    if found:
+        raise CommandError(f"{outdir} holds outputs of an earlier run ({', '.join(found)}); choose another folder "
+                           "or remove them")
+
+
+def check_options(args) -> None:
+    """Every option's own range (no file is read)."""
+    check_number("--epochs", args.epochs, 0)
+    check_number("--max-minutes", args.max_minutes, 0)
+    check_number("--checkpoint-minutes", args.checkpoint_minutes, 0)
+    check_number("--mask-radius-angstrom", args.mask_radius_angstrom, 0)
+    check_number("--lr-encoder", args.lr_encoder, 0)
+    check_number("--lr-decoder", args.lr_decoder, 0)
+    check_number("--batch-size", args.batch_size, 2, strict=False)
+    check_number("--num-workers", args.num_workers, 0, strict=False)
+    check_number("--threads", args.threads, 1, strict=False)
+    if not 0 <= args.seed < 2 ** 31:
+        raise CommandError(f"--seed must lie in [0, 2^31), got {args.seed}")
+    if args.root is not None and not os.path.isdir(args.root):
+        raise CommandError(f"--root {args.root}: not a folder")
+
+
+def build_config(args, table, device: str):
+    box = args.box or min(table.box, 64)
+    max_minutes = 30.0 if args.max_minutes is None and args.epochs is None else args.max_minutes
+    return TrainConfig(
+        box=box, pixel_size_angstrom=table.pixel_size_angstrom * table.box / box, input_box=table.box,
+        input_pixel_size_angstrom=table.pixel_size_angstrom, epochs=args.epochs, max_minutes=max_minutes,
+        batch_size=args.batch_size, lr_encoder=args.lr_encoder, lr_decoder=args.lr_decoder,
+        symmetric_loss=not args.no_symmetric_loss, bootstrap=not args.no_bootstrap,
+        mask_radius_angstrom=args.mask_radius_angstrom, invert_contrast=args.invert_contrast, seed=args.seed,
+        device=device, num_workers=args.num_workers, checkpoint_minutes=args.checkpoint_minutes,
+        amortized_poses=args.amortized_poses, search_max_shift_fraction=args.search_max_shift_fraction)
+
+
+def validate_abinit(args) -> tuple:
+    """Check every option and input without writing anything; return ``(table, config, checkpoint or None)``."""
+    from cryoai_core.ctf_ranges import check_ctf_parameters
+    from cryoai_core.io.content_checks import check_particle_images
+    from cryoai_core.io.readers import read_particles
+    from cryoai_core.io.star import require_ctf
+    from cryoai_core.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
+    from cryoai_core.train.resume import check_resume
+
+    check_options(args)
+    device = resolve_device(args.device)
+    check_outdir(args.outdir, args.resume)
+    table = read_particles(args.particles, root=args.root)
+    require_ctf(table, args.particles)
+    if len(table) < MIN_PARTICLES:
+        raise CommandError(f"{args.particles} holds {len(table)} particles; ab initio needs at least {MIN_PARTICLES}")
+    check_ctf_parameters(table.ctf, args.particles)
+    if args.box is not None and (args.box % 2 or args.box < 16 or args.box > table.box):
+        raise CommandError(f"--box must be even, at least 16 and at most the particle box ({table.box}); "
+                           f"got {args.box}")
+    config = build_config(args, table, device)
+    if config.mask_radius_angstrom is not None:
+        radius_px = config.mask_radius_angstrom / config.pixel_size_angstrom
+        if radius_px < MIN_MASK_RADIUS_PX:
+            raise CommandError(f"--mask-radius-angstrom {config.mask_radius_angstrom:g} is {radius_px:.2f} pixels of "
+                               f"{config.pixel_size_angstrom:.3g} Å on the training grid; the mask must be at least "
+                               f"{MIN_MASK_RADIUS_PX:g} pixels ({MIN_MASK_RADIUS_PX * config.pixel_size_angstrom:.3g} Å)")
+    state = None
+    if args.resume:
+        state = read_checkpoint(os.path.join(args.outdir, CHECKPOINT_NAME))
+        check_resume(state["config"], config, args.outdir)
+    check_particle_images(table, args.particles)
+    return table, config, state
+
+
+def prepare_outdir(outdir: str) -> None:
+    os.makedirs(outdir, exist_ok=True)
+
 
 def add_log_file(outdir: str) -> logging.Handler:
     handler = logging.FileHandler(os.path.join(outdir, "run.log"))
@@ -99,62 +184,33 @@ def add_log_file(outdir: str) -> logging.Handler:
     logging.getLogger().setLevel(logging.INFO)
     return handler
 
-def build_config(args, table):
-    box = args.box or min(table.box, 64)
-    max_minutes = args.max_minutes if (args.max_minutes or args.epochs) else 30.0
-    return TrainConfig(
-        box=box, pixel_size_angstrom=table.pixel_size_angstrom * table.box / box, input_box=table.box,
-        input_pixel_size_angstrom=table.pixel_size_angstrom, epochs=args.epochs, max_minutes=max_minutes,
-        batch_size=args.batch_size, lr_encoder=args.lr_encoder, lr_decoder=args.lr_decoder,
-        symmetric_loss=not args.no_symmetric_loss, bootstrap=not args.no_bootstrap,
-        mask_radius_angstrom=args.mask_radius_angstrom, invert_contrast=args.invert_contrast, seed=args.seed,
-        device=resolve_device(args.device), num_workers=args.num_workers,
-        checkpoint_minutes=args.checkpoint_minutes, amortized_poses=args.amortized_poses,
-        search_max_shift_fraction=args.search_max_shift_fraction)
 
 def main(args):
     import torch
 
     from cryoai_core.io.dataset import ParticleDataset, normalization_stats
-    from cryoai_core.io.readers import read_particles
-    from cryoai_core.io.star import require_ctf
     from cryoai_core.provenance import save_config
-    from cryoai_core.train.checkpoint import config_from_checkpoint, read_checkpoint
     from cryoai_core.train.export import write_outputs
     from cryoai_core.train.learner import CryoAILearner
     from cryoai_core.train.trainer import Trainer, TrainingInterrupted
 
+    table, config, _ = validate_abinit(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    table = read_particles(args.particles, root=args.root)
-    require_ctf(table, args.particles)
-    if len(table) < MIN_PARTICLES:
-        raise CommandError(f"{args.particles} holds {len(table)} particles; ab initio needs at least {MIN_PARTICLES}")
-    if args.box is not None and (args.box % 2 or args.box < 16 or args.box > table.box):
-        raise CommandError(f"--box must be even, at least 16 and at most the particle box ({table.box}); "
-                           f"got {args.box}")
-    prepare_outdir(args.outdir, args.resume)
+    torch.manual_seed(config.seed)
+    dataset = ParticleDataset(table, box=config.box, invert_contrast=config.invert_contrast)
+    normalization = normalization_stats(dataset, generator=torch.Generator().manual_seed(config.seed))
+    prepare_outdir(args.outdir)
     handler = add_log_file(args.outdir)
     try:
-        if args.resume:
-            state = read_checkpoint(os.path.join(args.outdir, "checkpoint.pt"))
-            config = config_from_checkpoint(state, epochs=args.epochs, max_minutes=args.max_minutes,
-                                            device=resolve_device(args.device), num_workers=args.num_workers)
-            if (config.input_box, config.input_pixel_size_angstrom) != (table.box, table.pixel_size_angstrom):
-                raise CommandError("--resume: the particles differ in box or pixel size from the stored run")
-        else:
-            config = build_config(args, table)
-        save_config(config, os.path.join(args.outdir, "config.yaml"), particles=os.path.abspath(args.particles),
-                    num_particles=len(table))
         logger.info("cryoAI ab initio: %d particles, box %d -> %d, %.3f Å/px, device %s", len(table), table.box,
                     config.box, config.pixel_size_angstrom, config.device)
-        torch.manual_seed(config.seed)
-        dataset = ParticleDataset(table, box=config.box, invert_contrast=config.invert_contrast)
-        normalization = normalization_stats(dataset, generator=torch.Generator().manual_seed(config.seed))
         learner = CryoAILearner(config).to(config.device)
         trainer = Trainer(learner, dataset, args.outdir, normalization, progress_bar=not args.no_progress)
         if args.resume:
             trainer.resume()
+        save_config(config, os.path.join(args.outdir, "config.yaml"), particles=os.path.abspath(args.particles),
+                    num_particles=len(table))
         try:
             trainer.run()
         except TrainingInterrupted as stop:
@@ -167,4 +223,3 @@ def main(args):
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
-

@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from cryoai_core.cli import CommandError
+from cryoai_core.cli.checks import check_writable_folder
 from cryoai_core.io.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -71,11 +72,12 @@ def evaluate_map(map_path: str, reference_path: str, outdir: str | None = None, 
     from cryoai_core.io.mrc import read_mrc, write_mrc
     from cryoai_core.plots import plot_fsc
 
+    from cryoai_core.io.content_checks import check_map
+
     reference, reference_voxel = read_mrc(reference_path)
+    check_map(reference, reference_path, "reference map")
     volume, voxel = read_mrc(map_path)
-    for path, array in ((reference_path, reference), (map_path, volume)):
-        if array.ndim != 3 or len(set(array.shape)) != 1:
-            raise ValueError(f"{path}: expected a cubic 3D map, got shape {array.shape}")
+    check_map(volume, map_path)
     reference_voxel = _voxel_size(reference_path, reference_voxel, None)
     voxel = _voxel_size(map_path, voxel, reference_voxel)
     resampled = resample_to_reference(volume, voxel, reference.shape, reference_voxel)
@@ -177,7 +179,8 @@ def _print_pose_summary(report: dict) -> None:
               f" median error {report['median_shift_error_px']:.3f} px")
 
 
-def main(args):
+def validate_evaluate(args) -> None:
+    """Check the options and the output places without writing anything (inputs are checked as read)."""
     compare_map = args.map is not None or args.reference is not None
     compare_poses = args.poses is not None or args.true_poses is not None
     if not compare_map and not compare_poses:
@@ -186,17 +189,48 @@ def main(args):
         raise CommandError("--map and --reference go together")
     if compare_poses and (args.poses is None or args.true_poses is None):
         raise CommandError("--poses and --true-poses go together")
-    results = {}
+    if args.outdir is not None and not compare_map:
+        raise CommandError("-o/--outdir holds the map comparison's files; it needs --map and --reference")
+    for option, path in (("--map", args.map), ("--reference", args.reference), ("--poses", args.poses),
+                         ("--true-poses", args.true_poses)):
+        if path is not None and not os.path.isfile(path):
+            raise CommandError(f"{option} {path}: {'is a folder' if os.path.isdir(path) else 'file not found'}")
     if compare_map:
-        results["map"] = evaluate_map(args.map, args.reference, args.outdir, align=not args.no_align)
-        _print_map_summary(results["map"])
-    if compare_poses:
+        check_writable_folder(args.outdir or os.path.dirname(os.path.abspath(args.map)), "-o/--outdir")
+    if args.json:
+        if os.path.isdir(args.json):
+            raise CommandError(f"--json {args.json} is a folder; give the name of the JSON file to write")
+        check_writable_folder(os.path.dirname(os.path.abspath(args.json)), "--json")
+
+
+def main(args):
+    from cryoai_core.io.atomic import rollback_on_failure
+
+    validate_evaluate(args)
+    results = {}
+    if args.poses is not None:
         results["poses"] = evaluate_poses(args.poses, args.true_poses)
+    if args.map is not None:
+        outdir = args.outdir or os.path.dirname(os.path.abspath(args.map))
+        with rollback_on_failure(outdir):
+            results["map"] = evaluate_map(args.map, args.reference, outdir, align=not args.no_align)
+            if args.json:
+                _write_json(args.json, results)
+        _print_map_summary(results["map"])
+    elif args.json:
+        _write_json(args.json, results)
+    if "poses" in results:
         _print_pose_summary(results["poses"])
     if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(folder, exist_ok=True)
-        with atomic_open(args.json, "w") as handle:
-            json.dump(_finite_or_none(results), handle, indent=2, allow_nan=False)
         print(f"wrote {args.json}")
     return 0
+
+
+def _write_json(path: str, results: dict) -> None:
+    from cryoai_core.io.atomic import rollback_on_failure
+
+    folder = os.path.dirname(os.path.abspath(path))
+    with rollback_on_failure(folder):
+        os.makedirs(folder, exist_ok=True)
+        with atomic_open(path, "w") as handle:
+            json.dump(_finite_or_none(results), handle, indent=2, allow_nan=False)

@@ -11,6 +11,7 @@ import logging
 import os
 
 from cryoai_core.cli import CommandError
+from cryoai_core.cli.checks import check_number
 
 logger = logging.getLogger(__name__)
 
@@ -39,28 +40,50 @@ def matching_box(config, table) -> int:
     return rounded
 
 
-def main(args):
+def validate_predict_poses(args) -> tuple:
+    """Check every option and input without writing anything; return ``(state, config, table, box, device)``."""
     from cryoai_core.cli.abinit import resolve_device
-    from cryoai_core.io.dataset import ParticleDataset
+    from cryoai_core.ctf_ranges import check_ctf_parameters
+    from cryoai_core.io.content_checks import check_particle_images
     from cryoai_core.io.readers import read_particles
-    from cryoai_core.io.star import require_ctf, write_star
-    from cryoai_core.train.checkpoint import config_from_checkpoint, read_checkpoint, restore_learner
-    from cryoai_core.train.export import predict_all_poses
-    from cryoai_core.train.learner import CryoAILearner
+    from cryoai_core.io.star import require_ctf
+    from cryoai_core.train.checkpoint import config_from_checkpoint, read_checkpoint
 
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size must be positive, got {args.batch_size}")
-    state = read_checkpoint(args.checkpoint)
+    check_number("--batch-size", args.batch_size, 1, strict=False)
+    if args.root is not None and not os.path.isdir(args.root):
+        raise CommandError(f"--root {args.root}: not a folder")
+    if os.path.isdir(args.output):
+        raise CommandError(f"-o/--output {args.output} is a folder; give the name of the star file to write")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise CommandError(f"-o/--output {args.output}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot write {args.output}: {folder} is not a writable folder")
     device = resolve_device(args.device)
+    state = read_checkpoint(args.checkpoint)
     config = config_from_checkpoint(state, device=device)
+    normalization = state["progress"].get("normalization")
+    if not (isinstance(normalization, (list, tuple)) and len(normalization) == 2 and normalization[1] > 0):
+        raise CommandError(f"{args.checkpoint} is not a complete cryoAI checkpoint: missing the image normalization")
     table = read_particles(args.particles, root=args.root)
     require_ctf(table, args.particles)
     if len(table) == 0:
         raise CommandError(f"{args.particles} holds no particles")
-    folder = os.path.dirname(os.path.abspath(args.output))
-    if not os.access(folder, os.W_OK):
-        raise CommandError(f"cannot write {args.output}: {folder} is not a writable folder")
-    dataset = ParticleDataset(table, box=matching_box(config, table), invert_contrast=config.invert_contrast)
+    check_ctf_parameters(table.ctf, args.particles)
+    box = matching_box(config, table)
+    check_particle_images(table, args.particles)
+    return state, config, table, box, device
+
+
+def main(args):
+    from cryoai_core.io.dataset import ParticleDataset
+    from cryoai_core.io.star import write_star
+    from cryoai_core.train.checkpoint import restore_learner
+    from cryoai_core.train.export import predict_all_poses
+    from cryoai_core.train.learner import CryoAILearner
+
+    state, config, table, box, device = validate_predict_poses(args)
+    dataset = ParticleDataset(table, box=box, invert_contrast=config.invert_contrast)
     learner = CryoAILearner(config)
     restore_learner(learner, state, with_optimizers=False)
     learner.to(device)

@@ -19,6 +19,7 @@ import math
 import os
 
 from cryoai_core.cli import CommandError
+from cryoai_core.cli.checks import check_number, check_writable_folder
 
 BUILTIN_MAP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
                            "4ake_L64_px1.5.mrc")
@@ -62,13 +63,38 @@ def add_args(parser):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def main(args):
+def validate_simulate(args) -> tuple:
+    """Check every option and the map without writing anything; return ``(config, volume, voxel_size)``."""
+    from cryoai_core.ctf_ranges import BFACTOR_ANGSTROM2_LIMIT, DEFOCUS_ANGSTROM_LIMIT, check_scalar_ctf
+    from cryoai_core.io.content_checks import check_map
     from cryoai_core.io.mrc import read_mrc
-    from cryoai_core.simulate import SimulationConfig, simulate
+    from cryoai_core.simulate import SimulationConfig
 
-    snr = args.snr
-    if args.snr_db is not None:
-        snr = 10.0 ** (args.snr_db / 10.0)
+    check_number("-n/--num-particles", args.num_particles, 1, strict=False)
+    check_number("--pixel-size", args.pixel_size, 0)
+    check_number("--shift-sigma", args.shift_sigma, 0, strict=False)
+    check_number("--snr", args.snr, 0)
+    check_number("--snr-db", args.snr_db)
+    check_number("--defocus", args.defocus, 0)
+    check_number("--defocus-log-sigma", args.defocus_log_sigma, 0, strict=False)
+    check_number("--astigmatism", args.astigmatism, 0, strict=False)
+    check_number("--bfactor", args.bfactor, 0, strict=False)
+    if args.bfactor >= BFACTOR_ANGSTROM2_LIMIT:
+        raise CommandError(f"--bfactor {args.bfactor:g} Å² would erase every frequency; it must stay below "
+                           f"{BFACTOR_ANGSTROM2_LIMIT:g}")
+    if args.box is not None and (args.box < 8 or args.box % 2):
+        raise CommandError(f"--box must be even and at least 8 pixels, got {args.box}")
+    if not 0 <= args.seed < 2 ** 31:
+        raise CommandError(f"--seed must lie in [0, 2^31), got {args.seed}")
+    if not args.no_ctf:
+        check_scalar_ctf(args.voltage, args.cs, args.amplitude_contrast, "the CTF options")
+        if args.defocus >= DEFOCUS_ANGSTROM_LIMIT:
+            raise CommandError(f"--defocus {args.defocus:g} Å is impossible for single-particle data (give it in Å)")
+    for option, path in (("--poses-from", args.poses_from), ("--defocus-from", args.defocus_from)):
+        if path is not None and not os.path.isfile(path):
+            raise CommandError(f"{option} {path}: {'is a folder' if os.path.isdir(path) else 'file not found'}")
+    check_writable_folder(args.outdir, "-o/--outdir")
+    snr = 10.0 ** (args.snr_db / 10.0) if args.snr_db is not None else args.snr
     config = SimulationConfig(
         num_particles=args.num_particles, box=args.box, pixel_size_angstrom=args.pixel_size,
         shift_sigma_angstrom=args.shift_sigma, apply_ctf=not args.no_ctf,
@@ -79,9 +105,20 @@ def main(args):
         defocus_from=args.defocus_from and os.path.abspath(args.defocus_from), junk_fraction=args.junk_fraction)
     map_path = args.map or BUILTIN_MAP
     volume, voxel_size = read_mrc(map_path)
+    check_map(volume, map_path)
     if not voxel_size > 0:
         raise CommandError(f"{map_path} has no voxel size in its header; cannot simulate")
-    table = simulate(volume, voxel_size, config, args.outdir, progress=not args.no_progress)
+    return config, volume, voxel_size
+
+
+def main(args):
+    from cryoai_core.io.atomic import rollback_on_failure
+    from cryoai_core.simulate import simulate
+
+    config, volume, voxel_size = validate_simulate(args)
+    with rollback_on_failure(args.outdir):
+        table = simulate(volume, voxel_size, config, args.outdir, progress=not args.no_progress)
+    snr = config.snr
     snr_text = "no noise" if snr is None else f"SNR {snr:.4g} ({10 * math.log10(snr):.1f} dB)"
     print(f"wrote {len(table)} particles ({table.box} px, {table.pixel_size_angstrom:.3f} Å/px, {snr_text}) "
           f"to {os.path.join(args.outdir, 'particles.star')}")

@@ -84,3 +84,41 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
     with atomic_path(path) as temporary:
         with open(temporary, mode, **kwargs) as handle:
             yield handle
+
+
+@contextlib.contextmanager
+def rollback_on_failure(folder: str, keep=None):
+    """If the block raises, remove what it added to ``folder`` (and ``folder`` itself if it created it).
+
+    Entries present before the block are never touched. ``keep()`` returning true skips the rollback
+    (e.g. once a run has a checkpoint worth resuming).
+    """
+    folder = os.path.abspath(folder)
+    created = folder
+    while not os.path.exists(os.path.dirname(created)) and os.path.dirname(created) != created:
+        created = os.path.dirname(created)
+    existed = os.path.isdir(folder)
+    before = set(os.listdir(folder)) if existed else set()
+    try:
+        yield
+    except BaseException:
+        if keep is None or not keep():
+            _remove_new_entries(folder, before, existed, created)
+        raise
+
+
+def _remove_new_entries(folder: str, before: set, existed: bool, created: str) -> None:
+    import shutil
+
+    if not os.path.isdir(folder):
+        return
+    if not existed:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for name in set(os.listdir(folder)) - before:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(path)

@@ -10,6 +10,7 @@ import os
 import torch
 
 from cryoai_core import __version__
+from cryoai_core.errors import InputError
 from cryoai_core.io.atomic import atomic_path
 from cryoai_core.train.config import TrainConfig
 
@@ -37,32 +38,56 @@ def save_checkpoint(path: str, learner, progress: dict, generator: torch.Generat
     logger.info("checkpoint written: %s (step %d)", path, learner.steps)
 
 
+REQUIRED_PARTS = {"config": dict, "encoder": dict, "decoder": dict, "encoder_optimizer": dict,
+                  "decoder_optimizer": dict, "learner": dict, "progress": dict, "rng": dict}
+"""Top-level entries of a checkpoint and their types (all written by :func:`save_checkpoint`)."""
+REQUIRED_LEARNER = ("phase", "agreement_degrees", "steps")
+
+
 def read_checkpoint(path: str) -> dict:
-    """The raw checkpoint dictionary, with a clear error when the file is missing or unreadable."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    """The checkpoint dictionary, checked to hold every part; :class:`InputError` naming ``path`` if not."""
+    if not os.path.exists(path):
+        raise InputError(f"no checkpoint at {path}")
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a folder, not a checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise ValueError(f"cannot read the checkpoint {path}: {error}") from error
+        reason = " ".join(str(error).split())[:200]
+        raise InputError(f"{path} cannot be read as a cryoAI checkpoint ({type(error).__name__}: {reason})") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path} is not a cryoAI checkpoint (it holds a {type(state).__name__})")
+    missing = [name for name, kind in REQUIRED_PARTS.items() if not isinstance(state.get(name), kind)]
+    missing += [f"learner.{name}" for name in REQUIRED_LEARNER
+                if isinstance(state.get("learner"), dict) and name not in state["learner"]]
+    if missing:
+        raise InputError(f"{path} is not a complete cryoAI checkpoint: missing {', '.join(missing)}")
+    return state
 
 
 def config_from_checkpoint(state: dict, **overrides) -> TrainConfig:
-    """The run's :class:`TrainConfig`, with ``overrides`` (e.g. a longer budget when resuming)."""
+    """The run's :class:`TrainConfig`, with ``overrides`` (e.g. another device)."""
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     values = {key: value for key, value in state["config"].items() if key in fields}
     values.update({key: value for key, value in overrides.items() if value is not None})
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except TypeError as error:
+        raise InputError(f"the checkpoint's configuration does not fit this version of cryoAI: {error}") from None
 
 
 def restore_learner(learner, state: dict, generator: torch.Generator | None = None,
                     with_optimizers: bool = True) -> dict:
     """Load networks (and optimizers, RNG states) from ``state`` into ``learner``; return the progress."""
-    learner.encoder.load_state_dict(state["encoder"])
-    learner.decoder.load_state_dict(state["decoder"])
-    if with_optimizers:
-        learner.encoder_optimizer.load_state_dict(state["encoder_optimizer"])
-        learner.decoder_optimizer.load_state_dict(state["decoder_optimizer"])
+    try:
+        learner.encoder.load_state_dict(state["encoder"])
+        learner.decoder.load_state_dict(state["decoder"])
+        if with_optimizers:
+            learner.encoder_optimizer.load_state_dict(state["encoder_optimizer"])
+            learner.decoder_optimizer.load_state_dict(state["decoder_optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise InputError(f"the checkpoint's networks do not match its configuration ({reason})") from None
     learner.phase = state["learner"]["phase"]
     learner.agreement_degrees = state["learner"]["agreement_degrees"]
     learner.steps = state["learner"]["steps"]
