@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -250,7 +251,7 @@ def simulate(volume: np.ndarray, voxel_size_angstrom: float, config: SimulationC
                 simulator.box, simulator.pixel_size_angstrom, sigma)
     with StackWriter(stack_path, config.num_particles, simulator.box, simulator.pixel_size_angstrom) as writer:
         starts = range(0, config.num_particles, chunk_size)
-        for start in tqdm(starts, desc="simulate", unit="chunk", disable=not progress):
+        for start in tqdm(starts, desc="simulate", unit="chunk", disable=not progress or not sys.stderr.isatty()):
             stop = min(start + chunk_size, config.num_particles)
             images = simulator.images(params.rotations[start:stop], params.origins_angstrom[start:stop],
                                       params.ctf[start:stop])

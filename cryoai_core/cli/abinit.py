@@ -188,8 +188,12 @@ def add_log_file(outdir: str) -> logging.Handler:
 def main(args):
     import torch
 
+    from cryoai_core.errors import Interrupted
+    from cryoai_core.interrupts import DeferredInterrupts
+    from cryoai_core.io.atomic import rollback_on_failure
     from cryoai_core.io.dataset import ParticleDataset, normalization_stats
     from cryoai_core.provenance import save_config
+    from cryoai_core.train.checkpoint import CHECKPOINT_NAME
     from cryoai_core.train.export import write_outputs
     from cryoai_core.train.learner import CryoAILearner
     from cryoai_core.train.trainer import Trainer, TrainingInterrupted
@@ -200,26 +204,33 @@ def main(args):
     torch.manual_seed(config.seed)
     dataset = ParticleDataset(table, box=config.box, invert_contrast=config.invert_contrast)
     normalization = normalization_stats(dataset, generator=torch.Generator().manual_seed(config.seed))
-    prepare_outdir(args.outdir)
-    handler = add_log_file(args.outdir)
-    try:
-        logger.info("cryoAI ab initio: %d particles, box %d -> %d, %.3f Å/px, device %s", len(table), table.box,
-                    config.box, config.pixel_size_angstrom, config.device)
-        learner = CryoAILearner(config).to(config.device)
-        trainer = Trainer(learner, dataset, args.outdir, normalization, progress_bar=not args.no_progress)
-        if args.resume:
-            trainer.resume()
-        save_config(config, os.path.join(args.outdir, "config.yaml"), particles=os.path.abspath(args.particles),
-                    num_particles=len(table))
+    checkpoint = os.path.join(args.outdir, CHECKPOINT_NAME)
+    # A run that fails before its first checkpoint leaves nothing behind; later, the checkpoint is kept.
+    with rollback_on_failure(args.outdir, keep=lambda: os.path.exists(checkpoint)):
+        prepare_outdir(args.outdir)
+        handler = add_log_file(args.outdir)
         try:
-            trainer.run()
-        except TrainingInterrupted as stop:
-            logger.warning("%s: checkpoint saved at step %d; continue with --resume", stop, learner.steps)
-            return 130
-        paths = write_outputs(learner, dataset, table, args.outdir, trainer.normalization[1],
-                              device=config.device, progress_bar=not args.no_progress)
-        print(f"map: {paths['volume']}\nposes: {paths['particles']}\nrun folder: {args.outdir}")
-        return 0
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+            logger.info("cryoAI ab initio: %d particles, box %d -> %d, %.3f Å/px, device %s", len(table),
+                        table.box, config.box, config.pixel_size_angstrom, config.device)
+            learner = CryoAILearner(config).to(config.device)
+            trainer = Trainer(learner, dataset, args.outdir, normalization, progress_bar=not args.no_progress)
+            if args.resume:
+                trainer.resume()
+            save_config(config, os.path.join(args.outdir, "config.yaml"),
+                        particles=os.path.abspath(args.particles), num_particles=len(table))
+            try:
+                trainer.run()
+            except TrainingInterrupted as stop:
+                raise Interrupted(f"{stop}: checkpoint saved at step {learner.steps}; continue with the same "
+                                  "command and --resume") from None
+            with DeferredInterrupts("the export") as deferred:
+                paths = write_outputs(learner, dataset, table, args.outdir, trainer.normalization[1],
+                                      device=config.device, progress_bar=not args.no_progress)
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    print(f"map: {paths['volume']}\nposes: {paths['particles']}\nrun folder: {args.outdir}")
+    if deferred.received:
+        raise Interrupted(f"received {deferred.received} during the export; the export was finished first, "
+                          "so the outputs are complete")
+    return 0

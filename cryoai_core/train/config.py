@@ -74,6 +74,10 @@ class TrainConfig:
     """Fraction of the budget over which the radius grows to Nyquist."""
     checkpoint_minutes: float = 5.0
     """Write ``checkpoint.pt`` at least this often."""
+    first_checkpoint_steps: int = 100
+    """The first checkpoint comes after this many steps of a session (or ``first_checkpoint_minutes``)."""
+    first_checkpoint_minutes: float = 1.0
+    """The first checkpoint comes after this many minutes of a session at the latest (at a safe point)."""
     log_every: int = 20
     """Steps between lines of ``metrics.csv``."""
 

@@ -1,11 +1,13 @@
 """What an ab initio run leaves behind: the map, the per-particle poses (star) and pictures."""
 import logging
 import os
+import sys
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from cryoai_core import faults
 from cryoai_core.fourier import resample_volume
 from cryoai_core.io.dataset import ParticleDataset
 from cryoai_core.io.mrc import write_mrc
@@ -41,7 +43,7 @@ def predict_all_poses(learner, dataset: ParticleDataset, normalization_std: floa
     rotations = torch.empty(count, 3, 3)
     origins = torch.empty(count, 2)
     starts = range(0, count, batch_size)
-    for start in tqdm(starts, desc="predict poses", unit="batch", disable=not progress_bar):
+    for start in tqdm(starts, desc="predict poses", unit="batch", disable=not progress_bar or not sys.stderr.isatty()):
         indices = list(range(start, min(start + batch_size, count)))
         batch = dataset.__getitems__(indices)
         images = batch["image"].to(device) / normalization_std
@@ -56,12 +58,15 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
                   normalization_std: float, device="cpu", progress_bar: bool = True) -> dict:
     """Write ``volume.mrc``, ``particles.star`` and the PNGs; return their paths."""
     from cryoai_core.plots import plot_central_slices, plot_loss_curve, plot_pose_distribution
-    from cryoai_core.train.trainer import METRICS_NAME
+    from cryoai_core.train.metrics import METRICS_NAME
 
+    progress_bar = progress_bar and sys.stderr.isatty()
+    faults.hit("export-start")
     learner.to(device)
     volume = export_volume(learner, normalization_std, table.box)
     paths = {"volume": os.path.join(outdir, "volume.mrc"), "particles": os.path.join(outdir, "particles.star")}
     write_mrc(paths["volume"], volume.numpy(), table.pixel_size_angstrom)
+    faults.hit("export-written")
     euler, origins, rotations = predict_all_poses(learner, dataset, normalization_std, device=device,
                                                   progress_bar=progress_bar)
     write_star(paths["particles"], table.with_poses(euler, origins))

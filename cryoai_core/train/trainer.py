@@ -4,25 +4,25 @@ The learner sees random batches: epoch ``e`` visits the particles in the order o
 from ``seed`` and ``e``, so that a run resumed from a checkpoint sees the same batches it would have
 seen. With an epoch budget (and no time budget) a resumed run reproduces the uninterrupted one.
 """
-import csv
 import logging
 import math
 import os
 import signal
+import sys
 import time
 
 import torch
 from tqdm import tqdm
 
+from cryoai_core import faults
+from cryoai_core.errors import InputError, TrainingError
 from cryoai_core.io.dataset import ParticleDataset, collate
 from cryoai_core.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, restore_learner, save_checkpoint
 from cryoai_core.train.learner import CryoAILearner
+from cryoai_core.train.metrics import MetricsLog
+from cryoai_core.train.progress import ProgressLines
 
 logger = logging.getLogger(__name__)
-
-METRICS_NAME = "metrics.csv"
-METRIC_COLUMNS = ("step", "epoch", "phase", "radius_px", "loss", "agreement_degrees", "images_per_s",
-                  "elapsed_s")
 
 
 class TrainingInterrupted(Exception):
@@ -37,7 +37,10 @@ class Trainer:
         dataset: particles at the training box (``dataset.box == config.box``).
         outdir: run folder (checkpoint and metrics go there).
         normalization: ``(mean, std)`` of the images; images are divided by ``std``.
-        progress_bar: show a tqdm bar.
+        progress_bar: show a tqdm bar (on a terminal only; plain progress lines go to stdout always).
+
+    The first checkpoint is written after ``config.first_checkpoint_steps`` steps or
+    ``config.first_checkpoint_minutes``, whichever comes first, then every ``config.checkpoint_minutes``.
     """
 
     def __init__(self, learner: CryoAILearner, dataset: ParticleDataset, outdir: str, normalization: tuple,
@@ -48,13 +51,17 @@ class Trainer:
         self.outdir = outdir
         os.makedirs(outdir, exist_ok=True)
         self.normalization = tuple(float(value) for value in normalization)
-        self.progress_bar = progress_bar
+        self.progress_bar = progress_bar and sys.stderr.isatty()
         self.on_step = on_step
         self.device = torch.device(self.config.device)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.counters = {"epoch": 0, "batch_in_epoch": 0, "images_seen": 0, "elapsed_s": 0.0}
         self._stop_reason = None
         self._last_checkpoint = time.monotonic()
+        self._start_step = 0
+        self._checkpoints_written = 0
+        self.metrics = MetricsLog(outdir)
+        self.lines = ProgressLines(self.config.epochs)
 
     @property
     def checkpoint_path(self) -> str:
@@ -65,6 +72,7 @@ class Trainer:
         state = read_checkpoint(self.checkpoint_path)
         self.counters.update(restore_learner(self.learner, state, self.generator))
         self.normalization = tuple(state["progress"].get("normalization", self.normalization))
+        self.metrics.load(up_to_step=self.learner.steps)
         logger.info("resumed from %s: step %d, epoch %d, %.1f min done", self.checkpoint_path,
                     self.learner.steps, self.counters["epoch"], self.counters["elapsed_s"] / 60)
 
@@ -95,18 +103,32 @@ class Trainer:
                                            num_workers=self.config.num_workers, persistent_workers=False)
 
     def _write_metrics(self, row: dict) -> None:
-        path = os.path.join(self.outdir, METRICS_NAME)
-        new = not os.path.exists(path)
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        self.metrics.append(row)
 
     def _checkpoint(self) -> None:
         progress = dict(self.counters, normalization=list(self.normalization))
         save_checkpoint(self.checkpoint_path, self.learner, progress, self.generator)
         self._last_checkpoint = time.monotonic()
+        self._checkpoints_written += 1
+        faults.hit("checkpoint-written")
+
+    def _checkpoint_due(self, started: float) -> bool:
+        now = time.monotonic()
+        if self._checkpoints_written == 0:
+            steps = self.learner.steps - self._start_step
+            if steps >= self.config.first_checkpoint_steps or now - started >= 60.0 * self.config.first_checkpoint_minutes:
+                return True
+        return now - self._last_checkpoint > 60.0 * self.config.checkpoint_minutes
+
+    def _metrics_row(self, result, images_per_s: float) -> dict:
+        return {"step": self.learner.steps, "epoch": self.counters["epoch"], "phase": result.phase,
+                "radius_px": f"{result.radius_px:.2f}", "loss": f"{result.loss:.6g}",
+                "agreement_degrees": f"{result.agreement_degrees:.2f}", "images_per_s": f"{images_per_s:.1f}",
+                "elapsed_s": f"{self.counters['elapsed_s']:.1f}"}
+
+    def _report(self, result, final: bool = False) -> None:
+        self.lines.update(self.learner.steps, self.counters["epoch"], result.loss, result.phase, result.radius_px,
+                          self.progress(), self.counters["elapsed_s"], final=final)
 
     def _install_signal_handlers(self) -> dict:
         previous = {}
@@ -137,6 +159,9 @@ class Trainer:
                    initial=int(total * self.progress()), dynamic_ncols=True)
         window_start, window_images = time.monotonic(), 0
         clock = time.monotonic() - self.counters["elapsed_s"]
+        started = time.monotonic()
+        self._start_step = self.learner.steps
+        result = None
         while self.progress() < 1.0:
             batches = self._epoch_batches(self.counters["epoch"])
             skip = self.counters["batch_in_epoch"]
@@ -144,36 +169,36 @@ class Trainer:
                 images = batch["image"].to(self.device, non_blocking=True) / std
                 ctf = batch["ctf"].to(self.device) if "ctf" in batch else None
                 if not torch.isfinite(images).all():
-                    raise ValueError("a batch holds NaN or infinite pixel values")
+                    raise InputError("a batch holds NaN or infinite pixel values (particles "
+                                     f"{batch['index'][:3].tolist()}...)")
                 result = self.learner.step(images, ctf, self.progress(), self.generator)
                 if not math.isfinite(result.loss):
-                    raise RuntimeError(f"the loss became {result.loss} at step {self.learner.steps}; "
-                                       "lower the learning rates (--lr-encoder/--lr-decoder)")
+                    raise TrainingError(
+                        f"the loss became {result.loss} at step {self.learner.steps} (phase {result.phase}); the "
+                        "inputs passed their checks, so the optimisation diverged: try lower learning rates "
+                        "(--lr-encoder/--lr-decoder)" + (", then --resume" if self._checkpoints_written else ""))
+                faults.hit("train-step")
                 self.counters["batch_in_epoch"] += 1
                 self.counters["images_seen"] += len(images)
                 self.counters["elapsed_s"] = time.monotonic() - clock
                 window_images += len(images)
                 if self.learner.steps % self.config.log_every == 0:
                     now = time.monotonic()
-                    self._write_metrics({
-                        "step": self.learner.steps, "epoch": self.counters["epoch"], "phase": result.phase,
-                        "radius_px": f"{result.radius_px:.2f}", "loss": f"{result.loss:.6g}",
-                        "agreement_degrees": f"{result.agreement_degrees:.2f}",
-                        "images_per_s": f"{window_images / max(now - window_start, 1e-9):.1f}",
-                        "elapsed_s": f"{self.counters['elapsed_s']:.1f}"})
+                    self._write_metrics(self._metrics_row(result, window_images / max(now - window_start, 1e-9)))
                     window_start, window_images = now, 0
                     bar.set_postfix(loss=f"{result.loss:.4g}", phase=result.phase[:4],
                                     r=f"{result.radius_px:.0f}", refresh=False)
+                self._report(result)
                 bar.update(int(total * self.progress()) - bar.n)
                 if self.on_step is not None:
                     self.on_step(self)
                 safe = self.learner.at_safe_point
                 if safe and self._stop_reason is not None:
+                    self._final_row(result, window_images, window_start)
                     self._checkpoint()
                     bar.close()
                     raise TrainingInterrupted(self._stop_reason)
-                due = time.monotonic() - self._last_checkpoint > 60.0 * self.config.checkpoint_minutes
-                if safe and due:
+                if safe and self._checkpoint_due(started):
                     self._checkpoint()
                 if self.progress() >= 1.0:
                     break
@@ -181,4 +206,13 @@ class Trainer:
                 self.counters["epoch"] += 1
                 self.counters["batch_in_epoch"] = 0
         bar.close()
+        if result is not None:
+            self._final_row(result, window_images, window_start)
+            self._report(result, final=True)
         self._checkpoint()
+
+    def _final_row(self, result, window_images: int, window_start: float) -> None:
+        """The metrics row of the last step, unless it was logged already (runs of any length end with one)."""
+        if self.metrics.last_step != self.learner.steps:
+            rate = window_images / max(time.monotonic() - window_start, 1e-9) if window_images else 0.0
+            self._write_metrics(self._metrics_row(result, rate))
