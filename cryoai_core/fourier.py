@@ -9,6 +9,8 @@ Conventions (written here once; every other module uses these functions):
 - Frequencies are FFT-exact: ``(arange(L) - L // 2) / (L * pixel_size)``, in 1/Å when ``pixel_size`` is in Å
   and in cycles per pixel when ``pixel_size`` is 1. Frequency grids store ``(kx, ky[, kz])`` in their last axis.
 - Translating an image by ``t`` (its content moves by ``+t``) multiplies its transform by ``exp(-2πi k·t)``.
+- A particle with RELION origin ``o`` sits at ``-o`` from the box centre: its transform is the centred
+  one times ``exp(+2πi k·o)`` (:func:`origin_phase`).
 """
 import math
 
@@ -82,6 +84,19 @@ def translation_phase(freqs: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor
     flat = freqs.reshape(-1, 2)
     phase = -2.0 * math.pi * (shifts.to(flat.dtype) @ flat.T)
     return torch.polar(torch.ones_like(phase), phase).reshape(shifts.shape[0], *freqs.shape[:-1])
+
+
+def origin_phase(freqs: torch.Tensor, origins: torch.Tensor) -> torch.Tensor:
+    """Phase factors ``exp(+2πi k·o)`` of particles with RELION origins ``o`` (translated by ``-o``).
+
+    Args:
+        freqs: ``(..., N, 2)`` frequencies ``(kx, ky)``.
+        origins: ``(B, 2)`` RELION ``(originX, originY)`` in the reciprocal unit of ``freqs``.
+
+    Returns:
+        ``(B, *freqs.shape[:-1])`` complex factors.
+    """
+    return translation_phase(freqs, -origins)
 
 
 def translate_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ import math
 import roma
 import torch
 
-from cryoai_core.models.forward_model import HalfDisk, shift_phase
+from cryoai_core.fourier import origin_phase
+from cryoai_core.models.forward_model import HalfDisk
 from cryoai_core.slicing import FourierGrid, central_slice_coords
 
 _PSI = 1.533751168755204288118041
@@ -129,7 +130,7 @@ class PoseSearch:
         offset = roma.random_rotmat(generator=generator).float().to(device)
         rotations = self.base_rotations.to(device) @ offset
         slices = volume(central_slice_coords(rotations, coarse.freqs))                 # (R, n)
-        u = coarse.weighted.unsqueeze(1) * shift_phase(coarse.freqs, shifts).unsqueeze(0)   # (B, S, n)
+        u = coarse.weighted.unsqueeze(1) * origin_phase(coarse.freqs, shifts).unsqueeze(0)   # (B, S, n)
         left = torch.cat([u.real, -u.imag], dim=-1).reshape(-1, 2 * coarse.freqs.shape[0])
         right = torch.cat([slices.real, slices.imag], dim=-1).T                       # (2n, R)
         cross = (left @ right).reshape(len(targets), len(shifts), len(rotations))
@@ -181,7 +182,7 @@ class PoseSearch:
         count, candidates = rotations.shape[:2]
         coords = central_slice_coords(rotations.reshape(-1, 3, 3), batch.freqs)
         slices = volume(coords).reshape(count, candidates, -1)                                  # (B, K, N)
-        phases = shift_phase(batch.freqs, shifts.reshape(-1, 2)).reshape(count, shifts.shape[1], -1)
+        phases = origin_phase(batch.freqs, shifts.reshape(-1, 2)).reshape(count, shifts.shape[1], -1)
         cross = torch.einsum("bsn,bkn->bsk", batch.weighted.unsqueeze(1) * phases, slices).real
         norm = torch.einsum("bn,bkn->bk", batch.ctf_energy, slices.abs() ** 2)
         total = norm.unsqueeze(1) - 2.0 * cross + batch.energy[:, None, None]

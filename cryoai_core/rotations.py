@@ -3,10 +3,11 @@
 Conventions (written here once):
 
 - A pose's rotation is RELION's matrix ``A`` of the Euler angles ``(rot, tilt, psi)`` in degrees (ZYZ,
-  ``Euler_angles2matrix``). ``A`` maps map coordinates to image coordinates: the particle image is
-  ``image(x, y) = ∫ V(Aᵀ (x, y, z)) dz`` and its transform is the central slice ``V̂(Aᵀ (kx, ky, 0))``.
-  The paper's ``R_i`` is therefore ``Aᵀ``. ``A`` equals scipy's / roma's extrinsic ``'zyz'`` rotation of
-  the negated angles (the transpose of the intrinsic ``'ZYZ'`` rotation of the angles).
+  ``Euler_angles2matrix``, computed once in :mod:`cryoai_core.relion_euler`). ``A`` maps map
+  coordinates to image coordinates: the particle image is ``image(x, y) = ∫ V(Aᵀ (x, y, z)) dz`` and
+  its transform is the central slice ``V̂(Aᵀ (kx, ky, 0))``. The paper's ``R_i`` is therefore ``Aᵀ``.
+  ``A`` equals scipy's / roma's extrinsic ``'zyz'`` rotation of the negated angles (the transpose of
+  the intrinsic ``'ZYZ'`` rotation of the angles).
 - The 6D representation holds the first two **columns** of the matrix (``roma.special_gramschmidt``).
 - Mirroring a map by ``D = diag(1, 1, -1)`` turns the pose ``A`` of every projection into ``D A D``.
 """
@@ -14,32 +15,36 @@ import numpy as np
 import roma
 import torch
 
+from cryoai_core import relion_euler
+
 MIRROR = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
 """``D = diag(1, 1, -1)``: the mirror ``z -> -z`` that relates the two hands of a map."""
 
 
 def euler_to_matrix(angles_degrees) -> torch.Tensor:
-    """RELION rotation matrices ``A`` from Euler angles.
+    """RELION rotation matrices ``A`` from Euler angles (tensor wrapper of :mod:`cryoai_core.relion_euler`).
 
     Args:
         angles_degrees: ``(..., 3)`` ``(rot, tilt, psi)`` in degrees (tensor or array).
 
     Returns:
-        ``(..., 3, 3)`` matrices, in the dtype of the input (float64 for numpy input).
+        ``(..., 3, 3)`` matrices on the input's device, in its floating dtype (float64 otherwise).
     """
     angles = torch.as_tensor(angles_degrees)
-    if not angles.is_floating_point():
-        angles = angles.to(torch.float64)
-    return roma.euler_to_rotmat("zyz", -angles, degrees=True)
+    dtype = angles.dtype if angles.is_floating_point() else torch.float64
+    matrices = relion_euler.euler_to_matrix(angles.detach().cpu().double().numpy())
+    return torch.from_numpy(matrices).to(device=angles.device, dtype=dtype)
 
 
-def matrix_to_euler(matrices: torch.Tensor) -> torch.Tensor:
+def matrix_to_euler(matrices) -> torch.Tensor:
     """RELION Euler angles ``(rot, tilt, psi)`` in degrees, ``(..., 3)``, of matrices ``A`` ``(..., 3, 3)``.
 
-    The tilt lies in ``[0, 180]``; rot and psi in ``(-180, 180]``.
+    The tilt lies in ``[0, 180]``; rot and psi in ``(-180, 180]`` (see :mod:`cryoai_core.relion_euler`).
     """
     matrices = torch.as_tensor(matrices)
-    return roma.rotmat_to_euler("ZYZ", matrices.transpose(-1, -2), degrees=True)
+    dtype = matrices.dtype if matrices.is_floating_point() else torch.float64
+    angles = relion_euler.matrix_to_euler(matrices.detach().cpu().double().numpy())
+    return torch.from_numpy(angles).to(device=matrices.device, dtype=dtype)
 
 
 def sixd_to_matrix(sixd: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 
 from cryoai_core.ctf import CTFParams, compute_ctf
 from cryoai_core.fourier import crop_or_pad_real, fft2_centered, frequency_grid_2d, ifft2_centered, \
-    resample_volume, translation_phase
+    origin_phase, resample_volume
 from cryoai_core.io.particles import CTF_FIELDS, ParticleTable
 from cryoai_core.io.pose_tables import DefocusTable, PoseTable, read_defocus_table, read_pose_table
 from cryoai_core.provenance import save_config
@@ -189,7 +189,7 @@ class ImageSimulator:
         """``(B, box, box)`` float32 clean images for ``B`` particles."""
         projections = self.fourier_volume.project(rotations, self.box, self.pixel_size_angstrom)
         spectra = fft2_centered(projections.to(torch.float64))
-        spectra = spectra * translation_phase(self.freqs, -origins_angstrom)
+        spectra = spectra * origin_phase(self.freqs, origins_angstrom)
         if self.apply_ctf:
             spectra = spectra * compute_ctf(self.freqs, CTFParams.from_array(torch.as_tensor(ctf)))
         return ifft2_centered(spectra).real.to(torch.float32)

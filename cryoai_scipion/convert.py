@@ -4,9 +4,11 @@ Scipion keeps a projection alignment (``ALIGN_PROJ``) as one 4x4 ``Transform`` p
 is the *inverse* of the projection transform ``[[A, -s], [0, 1]]``: ``A`` is RELION's rotation matrix of
 the Euler angles ``(rot, tilt, psi)`` (ZYZ, degrees) and ``s = (originX, originY, 0)`` the RELION origin
 in **pixels**, so ``T = [[Aᵀ, Aᵀ s], [0, 1]]``. RELION 3.1 stars hold the origins in Å; the conversion
-happens here only. ``A`` equals the transpose of scipy's intrinsic ``'ZYZ'`` rotation of the angles.
+happens here only. ``A`` comes from :mod:`cryoai_core.relion_euler` (the one implementation of the
+convention, numpy only).
 
-Only numpy, scipy, pandas/starfile and pwem are used: this module never imports torch.
+Only numpy, pandas/starfile, pwem and the numpy-only ``cryoai_core.relion_euler`` are used: this module
+never imports torch.
 """
 import logging
 import os
@@ -14,8 +16,8 @@ import os
 import numpy as np
 import pandas as pd
 import starfile
-from scipy.spatial.transform import Rotation
 
+from cryoai_core import relion_euler
 from cryoai_scipion.constants import MRC_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -26,16 +28,12 @@ POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
 
 def eulerToMatrix(anglesDegrees) -> np.ndarray:
     """RELION rotation matrices ``A`` ``(..., 3, 3)`` of ``(..., 3)`` Euler angles (rot, tilt, psi), degrees."""
-    angles = np.asarray(anglesDegrees, dtype=np.float64)
-    matrices = Rotation.from_euler("ZYZ", angles.reshape(-1, 3), degrees=True).as_matrix()
-    return np.swapaxes(matrices, -1, -2).reshape(angles.shape[:-1] + (3, 3))
+    return relion_euler.euler_to_matrix(anglesDegrees)
 
 
 def matrixToEuler(matrices) -> np.ndarray:
     """RELION Euler angles ``(..., 3)`` in degrees of rotation matrices ``A`` ``(..., 3, 3)``."""
-    matrices = np.asarray(matrices, dtype=np.float64)
-    flat = np.swapaxes(matrices.reshape(-1, 3, 3), -1, -2)
-    return Rotation.from_matrix(flat).as_euler("ZYZ", degrees=True).reshape(matrices.shape[:-2] + (3,))
+    return relion_euler.matrix_to_euler(matrices)
 
 
 def poseToTransformMatrix(anglesDegrees, shiftsPixels) -> np.ndarray:

@@ -98,3 +98,27 @@ def test_nan_images_and_bad_output_folders_are_refused(simulated, tmp_path, caps
     assert main(["abinit", os.path.join(simulated, "particles.star"), "-o", str(blocker / "run"),
                  "--epochs", "1"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_training_never_sees_the_true_poses(simulated, tmp_path, monkeypatch):
+    from cryoai_core.io.dataset import ParticleDataset
+
+    assert read_star(os.path.join(simulated, "particles.star")).euler_angles_degrees is not None
+    tables, keys = [], set()
+    build, batch = ParticleDataset.__init__, ParticleDataset.__getitems__
+
+    def recording_init(self, table, *args, **kwargs):
+        tables.append(table)
+        build(self, table, *args, **kwargs)
+
+    def recording_batch(self, indices):
+        items = batch(self, indices)
+        keys.update(items)
+        return items
+
+    monkeypatch.setattr(ParticleDataset, "__init__", recording_init)
+    monkeypatch.setattr(ParticleDataset, "__getitems__", recording_batch)
+    assert main(["abinit", os.path.join(simulated, "particles.star"), "-o", str(tmp_path / "run"), "--epochs",
+                 "0.1", "--batch-size", "50", "--threads", "1", "--no-progress"]) == 0
+    assert tables and all(t.euler_angles_degrees is None and t.origins_angstrom is None for t in tables)
+    assert "image" in keys and not keys & {"euler_angles_degrees", "origins_angstrom"}

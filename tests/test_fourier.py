@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cryoai_core.fourier import (crop_or_pad_real, fft2_centered, fft3_centered, frequencies_1d,
-                                 frequency_grid_2d, frequency_grid_3d, ifft2_centered, ifft3_centered,
+                                 frequency_grid_2d, frequency_grid_3d, ifft2_centered, ifft3_centered, origin_phase,
                                  radial_frequency_2d, resample_images, resample_volume, rotate_180_in_plane,
                                  translate_images, translation_phase)
 
@@ -109,6 +109,19 @@ def test_translation_phase_is_exp_minus_2_pi_i_k_dot_t():
     f, t = freqs.numpy(), shifts.numpy()
     expected = np.exp(-2j * np.pi * (f[None, ..., 0] * t[:, None, None, 0] + f[None, ..., 1] * t[:, None, None, 1]))
     np.testing.assert_allclose(phase, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("origin_px", [(3, -2), (-5, 4), (0, 7)])
+def test_origin_phase_equals_rolling_the_image_by_minus_the_origin(origin_px):
+    # Independent fact: a particle with RELION origin o is the centred image moved by -o pixels, which
+    # for whole pixels is np.roll (x is the column axis, y the row axis).
+    box = 16
+    image = np.random.default_rng(5).normal(size=(box, box))
+    freqs = frequency_grid_2d(box, dtype=torch.float64)
+    phase = origin_phase(freqs, torch.tensor([origin_px], dtype=torch.float64))
+    moved = ifft2_centered(fft2_centered(torch.from_numpy(image)) * phase[0]).real.numpy()
+    expected = np.roll(image, shift=(-origin_px[1], -origin_px[0]), axis=(0, 1))
+    np.testing.assert_allclose(moved, expected, atol=1e-12)
 
 
 def test_subpixel_translation_moves_the_centroid_of_a_smooth_blob():

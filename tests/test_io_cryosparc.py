@@ -7,10 +7,12 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from cryoai_core.io.cryosparc import read_cs, relion_euler_from_matrix, rodrigues
+from cryoai_core.io.cryosparc import read_cs, rodrigues
 from cryoai_core.io.readers import read_particles
 from cryoai_core.io.star import read_star, write_star
+from cryoai_core.relion_euler import matrix_to_euler
 from cryoai_core.rotations import euler_to_matrix
+from test_io_star import relion31
 
 CS_FIELDS = [("uid", "<u8"), ("blob/path", "S64"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
              ("blob/psize_A", "<f4"), ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"),
@@ -95,7 +97,7 @@ def test_rotation_about_z_is_an_in_plane_angle():
     matrix = rodrigues(np.array([0.0, 0.0, theta]))
     np.testing.assert_allclose(matrix, [[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0],
                                         [0, 0, 1]], atol=1e-12)
-    angles = relion_euler_from_matrix(matrix.T)
+    angles = matrix_to_euler(matrix.T)
     np.testing.assert_allclose(angles, [0.0, 0.0, 30.0], atol=1e-9)
 
 
@@ -103,7 +105,7 @@ def test_rotation_about_z_is_an_in_plane_angle():
 def test_euler_decomposition_inverts_relion_matrices(tilt):
     angles = np.array([[25.0, tilt, -70.0], [-160.0, tilt, 100.0]])
     matrices = euler_to_matrix(torch.from_numpy(angles)).numpy()
-    recovered = relion_euler_from_matrix(matrices)
+    recovered = matrix_to_euler(matrices)
     np.testing.assert_allclose(euler_to_matrix(torch.from_numpy(recovered)).numpy(), matrices, atol=1e-9)
     assert (recovered[:, 1] >= 0).all() and (recovered[:, 1] <= 180).all()
 
@@ -144,3 +146,19 @@ def test_bad_inputs(project):
     records["blob/path"][0] = b"J3/extract/lost.mrcs"
     with pytest.raises(FileNotFoundError, match="lost.mrcs"):
         read_cs(save_cs(project / "J5" / "lost.cs", records))
+
+
+@pytest.mark.parametrize("sizes, message", [((1.25, 1.5), "different pixel sizes"), ((1.25, 0.0), "positive")])
+def test_pixel_sizes_are_checked_like_star_files(project, tmp_path, sizes, message):
+    records = particle_records(6, np.random.default_rng(4))
+    records["blob/psize_A"][3:] = sizes[1]
+    records["blob/psize_A"][:3] = sizes[0]
+    with pytest.raises(ValueError, match=message):
+        read_cs(save_cs(project / "J5" / "mixed.cs", records))
+    star = relion31([f"{i + 1:06d}@mic1_particles.mrcs" for i in range(3)], pixel_size=sizes[1],
+                    groups=[1, 2, 1], voltages=(300.0, 300.0))
+    make_stack(tmp_path / "star" / "mic1_particles.mrcs", 3)
+    path = tmp_path / "star" / "mixed.star"
+    path.write_text(star.replace(f"2 opticsGroup2 {sizes[1]}", f"2 opticsGroup2 {sizes[0]}"))
+    with pytest.raises(ValueError, match=message):
+        read_star(str(path))

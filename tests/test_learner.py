@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from cryoai_core.ctf import CTFParams, compute_ctf
+from cryoai_core.fourier import fft2_centered, frequency_grid_2d, ifft2_centered, origin_phase
 from cryoai_core.rotations import compose_in_plane_180, geodesic_angle, random_rotations
 from cryoai_core.slicing import VoxelFourierVolume
 from cryoai_core.train.config import TrainConfig
@@ -42,37 +44,79 @@ class TrueMap(torch.nn.Module):
 
 
 class ScriptedEncoder(torch.nn.Module):
-    """Returns the given poses: first call (the images), second call (their 180° rotations)."""
+    """Returns the given poses ``(rotations, origins Å)``: first call (the images), then (their 180° rotations)."""
 
     def __init__(self, direct, flipped):
         super().__init__()
         self.answers = [direct, flipped]
 
     def forward(self, images):
-        rotations = self.answers.pop(0)
-        return rotations, torch.zeros(len(rotations), 2), None
+        rotations, origins = self.answers.pop(0)
+        return rotations, origins, None
+
+
+def scaled_true_map(volume: VoxelFourierVolume) -> TrueMap:
+    """The decoder whose slices equal the learner's image transforms: ``project`` scales the map transform by
+    ``voxel³ / pixel² = PIXEL`` and :meth:`CryoAILearner.spectra` divides by the box."""
+    return TrueMap(volume, PIXEL / BOX)
+
+
+def particle_images(volume, rotations, origins_angstrom, ctf_params=None) -> torch.Tensor:
+    """Projections at ``rotations``, times the CTF, moved to ``-origin`` (RELION), ``(B, BOX, BOX)`` float64."""
+    spectra = fft2_centered(volume.project(rotations, BOX, PIXEL))
+    if ctf_params is not None:
+        spectra = spectra * compute_ctf(frequency_grid_2d(BOX, PIXEL, dtype=torch.float64),
+                                        CTFParams.from_array(ctf_params))
+    spectra = spectra * origin_phase(frequency_grid_2d(BOX, dtype=torch.float64), origins_angstrom / PIXEL)
+    return ifft2_centered(spectra).real
 
 
 @pytest.mark.parametrize("right_path", ["direct", "flipped"])
 def test_predict_poses_converts_the_winning_path_back_to_the_image(right_path):
     volume = VoxelFourierVolume(blob_map(0), PIXEL, oversampling=2)
-    truth = random_rotations(6, torch.Generator().manual_seed(1)).double()
-    images = volume.project(truth, BOX, PIXEL).float()
-    wrong = random_rotations(6, torch.Generator().manual_seed(2)).double()
+    generator = torch.Generator().manual_seed(1)
+    truth = random_rotations(6, generator).double()
+    origins = (torch.rand(6, 2, generator=generator, dtype=torch.float64) - 0.5) * 4 * PIXEL
+    assert origins.abs().min() > 0
+    images = particle_images(volume, truth, origins).float()
+    wrong = (random_rotations(6, torch.Generator().manual_seed(2)).float(), torch.zeros(6, 2))
     learner = CryoAILearner(config(mask_radius_angstrom=BOX * PIXEL))
-    disk = learner.disk(learner.config.nyquist_radius_px)
-    targets = learner.spectra(images, disk)
-    rendered = volume.sample(torch.einsum("nk,bkj->bnj", torch.nn.functional.pad(disk.freqs_px.double(), (0, 1)),
-                                          truth) / PIXEL)
-    scale = ((rendered.conj() * targets).real.sum() / (rendered.abs() ** 2).sum()).item()
-    learner.decoder = TrueMap(volume, scale)
+    learner.decoder = scaled_true_map(volume)
     if right_path == "direct":
-        learner.encoder = ScriptedEncoder(truth.float(), wrong.float())
+        learner.encoder = ScriptedEncoder((truth.float(), origins.float()), wrong)
     else:
-        learner.encoder = ScriptedEncoder(wrong.float(), compose_in_plane_180(truth).float())
-    rotations, origins = learner.predict_poses(images, None)
+        # The rotated image holds the particle at +origin, so its RELION origin is -origin.
+        learner.encoder = ScriptedEncoder(wrong, (compose_in_plane_180(truth).float(), -origins.float()))
+    rotations, predicted_origins = learner.predict_poses(images, None)
     assert torch.rad2deg(geodesic_angle(rotations.double(), truth)).max() < 0.1
-    assert origins.abs().max() == 0
+    torch.testing.assert_close(predicted_origins.double(), origins, atol=1e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:`parameters` is an empty generator")
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_the_loss_of_the_true_map_poses_and_ctf_is_the_noise_variance(sign):
+    """With the true map, poses, origins and CTF, only the noise is left: the loss equals its variance."""
+    volume = VoxelFourierVolume(blob_map(5), PIXEL, oversampling=2)
+    generator = torch.Generator().manual_seed(6)
+    count, sigma = 32, 0.3
+    truth = random_rotations(count, generator).double()
+    origins = (torch.rand(count, 2, generator=generator, dtype=torch.float64) - 0.5) * 4 * PIXEL
+    ctf_params = torch.tensor([[8000.0, 7000.0, 30.0, 300.0, 2.7, 0.1, 0.0, 0.0]], dtype=torch.float64)
+    ctf_params = ctf_params.repeat(count, 1)
+    clean = particle_images(volume, truth, origins, ctf_params)
+    noise = sigma * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+    losses = []
+    for images in (clean, clean + noise):
+        learner = CryoAILearner(config(mask_radius_angstrom=BOX * PIXEL, bootstrap=False, symmetric_loss=False))
+        learner.decoder = scaled_true_map(volume)
+        learner.encoder = ScriptedEncoder((truth.float().requires_grad_(), sign * origins.float()), None)
+        losses.append(learner.step(images.float(), ctf_params.float(), progress=1.0).loss)
+    signal = clean.var().item()
+    if sign > 0:
+        assert losses[0] < 1e-6 * signal
+        assert losses[1] == pytest.approx(sigma ** 2, rel=0.06)
+    else:  # origins of the wrong sign: far above the floor
+        assert min(losses) > sigma ** 2 + signal
 
 
 def test_bootstrap_then_amortized_steps_reduce_the_loss():

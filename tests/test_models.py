@@ -8,7 +8,7 @@ import torch
 
 from cryoai_core.fourier import fft2_centered, frequency_grid_2d, ifft3_centered
 from cryoai_core.models.encoder import EncoderConfig, GaussianBank, PoseEncoder
-from cryoai_core.models.forward_model import HalfDisk, render, shift_phase
+from cryoai_core.models.forward_model import HalfDisk, render
 from cryoai_core.models.fouriernet import FourierNet
 from cryoai_core.models.siren import Siren
 from cryoai_core.rotations import random_rotations
@@ -181,19 +181,6 @@ def test_half_disk_parseval_for_a_real_image_band_limited_to_the_disk():
     values = disk.gather(fft2_centered(torch.from_numpy(image)).unsqueeze(0))[0].numpy()
     half_sum = float((disk.weights.numpy() * np.abs(values) ** 2).sum())
     assert half_sum == pytest.approx(box ** 2 * (image ** 2).sum(), rel=1e-10)
-
-
-def test_shift_phase_puts_the_particle_at_minus_the_origin():
-    box = 32
-    coords = np.arange(box) - box // 2
-    x, y = np.meshgrid(coords, coords, indexing="xy")
-    blob = torch.from_numpy(np.exp(-(x ** 2 + y ** 2) / (2 * 2.0 ** 2)))
-    freqs = frequency_grid_2d(box, dtype=torch.float64).reshape(-1, 2)
-    origins = torch.tensor([[3.0, -1.5]], dtype=torch.float64)
-    phase = shift_phase(freqs, origins).reshape(1, box, box)
-    moved = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(fft2_centered(blob) * phase))).real[0].numpy()
-    expected = np.exp(-((x + 3.0) ** 2 + (y - 1.5) ** 2) / (2 * 2.0 ** 2))
-    np.testing.assert_allclose(moved, expected, atol=1e-8)
 
 
 def gaussian_blobs():

@@ -1,9 +1,14 @@
 """RELION Euler matrices, 6D representation, uniform sampling and angles (conventions.md, "Rotations")."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from cryoai_core import relion_euler
 from cryoai_core.rotations import (MIRROR, compose_in_plane_180, euler_to_matrix, geodesic_angle, matrix_to_euler,
                                    matrix_to_sixd, random_rotations, sixd_to_matrix, squared_frobenius_to_degrees)
 from reference_formulas import relion_matrix
@@ -159,3 +164,19 @@ def test_compose_in_plane_180_adds_180_to_psi():
 
 def test_mirror_is_the_z_reflection():
     np.testing.assert_array_equal(MIRROR.numpy(), np.diag([1.0, 1.0, -1.0]))
+
+
+def test_numpy_relion_euler_is_the_explicit_product_formula_and_its_inverse():
+    angles = np.random.default_rng(4).uniform([-179, 1, -179], [179, 179, 179], size=(30, 3))
+    matrices = relion_euler.euler_to_matrix(angles)
+    assert isinstance(matrices, np.ndarray) and matrices.shape == (30, 3, 3)
+    np.testing.assert_allclose(matrices, relion_matrix_batch(angles), atol=1e-12)
+    np.testing.assert_allclose(relion_euler.matrix_to_euler(matrices), angles, atol=1e-8)
+
+
+def test_relion_euler_module_needs_no_torch():
+    code = ("import sys; import cryoai_core.relion_euler, cryoai_core.io.readers, cryoai_core.io.star, "
+            "cryoai_core.io.cryosparc, cryoai_core.io.mrc; print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert result.stdout.strip() == "False"

@@ -150,7 +150,7 @@ def validate_abinit(args) -> tuple:
     check_options(args)
     device = resolve_device(args.device)
     check_outdir(args.outdir, args.resume)
-    table = read_particles(args.particles, root=args.root)
+    table = read_particles(args.particles, root=args.root).without_poses()
     require_ctf(table, args.particles)
     if len(table) < MIN_PARTICLES:
         raise CommandError(f"{args.particles} holds {len(table)} particles; ab initio needs at least {MIN_PARTICLES}")

@@ -30,7 +30,8 @@ import os
 import numpy as np
 
 from cryoai_core.io.mrc import common_box, locate_stack
-from cryoai_core.io.particles import CTF_FIELDS, ParticleTable
+from cryoai_core.io.particles import CTF_FIELDS, ParticleTable, uniform_pixel_size
+from cryoai_core.relion_euler import matrix_to_euler
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def read_cs(path: str, root: str | None = None) -> ParticleTable:
     angles = origins = None
     if "alignments3D/pose" in fields:
         matrices, shifts_px = poses_from_records(records)
-        angles = relion_euler_from_matrix(matrices)
+        angles = matrix_to_euler(matrices)
         origins = shifts_px * pixel_size
     logger.info("%s: %d particles in %d stack(s), box %d, %.4g Å/px, CTF %s, poses %s", path, len(records),
                 len(stack_files), box, pixel_size, "yes" if ctf is not None else "no",
@@ -132,38 +133,10 @@ def rodrigues(rotation_vectors: np.ndarray) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * (cross @ cross)
 
 
-def relion_euler_from_matrix(matrices: np.ndarray) -> np.ndarray:
-    """RELION ``(rot, tilt, psi)`` in degrees of RELION matrices ``A`` ``(..., 3, 3)`` -> ``(..., 3)``.
-
-    From the matrix of :mod:`cryoai_core.rotations` (conventions.md): ``A[2] = (sin t cos r, sin t sin r,
-    cos t)`` and ``A[:, 2] = (-cos p sin t, sin p sin t, cos t)``, with the tilt in ``[0, 180]``. At
-    tilt 0 or 180 only ``rot + psi`` (resp. ``psi - rot``) is defined; rot is then set to 0.
-    (numpy only, so that :mod:`cryoai_core.io` needs no torch.)
-    """
-    a = np.asarray(matrices, dtype=np.float64)
-    sin_tilt = np.hypot(a[..., 0, 2], a[..., 1, 2])
-    tilt = np.arctan2(sin_tilt, a[..., 2, 2])
-    rot = np.arctan2(a[..., 2, 1], a[..., 2, 0])
-    psi = np.arctan2(a[..., 1, 2], -a[..., 0, 2])
-    degenerate = sin_tilt < 1e-9
-    upright = a[..., 2, 2] > 0
-    psi_degenerate = np.where(upright, np.arctan2(a[..., 0, 1], a[..., 0, 0]),
-                              np.arctan2(a[..., 1, 0], -a[..., 0, 0]))
-    rot = np.where(degenerate, 0.0, rot)
-    psi = np.where(degenerate, psi_degenerate, psi)
-    return np.degrees(np.stack([rot, tilt, psi], axis=-1))
-
-
 def _pixel_size(records: np.ndarray, path: str) -> float:
     if "blob/psize_A" not in (records.dtype.names or ()):
         raise ValueError(f"{path} has no blob/psize_A field (pixel size)")
-    values = np.asarray(records["blob/psize_A"], dtype=np.float64)
-    if not (np.isfinite(values).all() and (values > 0).all()):
-        raise ValueError(f"{path}: blob/psize_A must be positive and finite")
-    if values.max() - values.min() > 1e-4 * values.max():
-        raise ValueError(f"{path}: the particles have different pixel sizes ({values.min():.4g} to "
-                         f"{values.max():.4g} Å); use one pixel size per data set")
-    return float(values[0])
+    return uniform_pixel_size(records["blob/psize_A"], f"{path} (blob/psize_A)")
 
 
 def ctf_from_records(records: np.ndarray, path: str) -> np.ndarray | None:

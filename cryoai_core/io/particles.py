@@ -14,6 +14,25 @@ CTF_FIELDS = ("defocus_u_angstrom", "defocus_v_angstrom", "defocus_angle_degrees
 """Column order of the ``(N, 8)`` CTF parameter arrays (tables, data sets, trainer)."""
 
 
+PIXEL_SIZE_RELATIVE_TOLERANCE = 1e-4
+"""Per-particle pixel sizes that differ by more than this fraction of the largest are refused."""
+
+
+def uniform_pixel_size(values, source: str) -> float:
+    """The one pixel size (Å) of a data set from per-particle values ``(N,)``.
+
+    Raises:
+        ValueError: a value is not positive and finite, or the values differ (one pixel size per data set).
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not (np.isfinite(values).all() and (values > 0).all()):
+        raise ValueError(f"{source}: the pixel size must be positive and finite")
+    if values.max() - values.min() > PIXEL_SIZE_RELATIVE_TOLERANCE * values.max():
+        raise ValueError(f"{source}: the particles have different pixel sizes ({values.min():.4g} to "
+                         f"{values.max():.4g} Å); use one pixel size per data set")
+    return float(values[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class ParticleTable:
     """Metadata of ``N`` particles.
@@ -57,10 +76,6 @@ class ParticleTable:
         return len(self.stack_ids)
 
     @property
-    def has_ctf(self) -> bool:
-        return self.ctf is not None
-
-    @property
     def has_poses(self) -> bool:
         return self.euler_angles_degrees is not None
 
@@ -80,6 +95,10 @@ class ParticleTable:
             ctf=pick(self.ctf), euler_angles_degrees=pick(self.euler_angles_degrees),
             origins_angstrom=pick(self.origins_angstrom),
             extra_columns={key: value[indices] for key, value in self.extra_columns.items()})
+
+    def without_poses(self) -> "ParticleTable":
+        """A copy without angles and origins (what training may see of a data set whose poses are known)."""
+        return dataclasses.replace(self, euler_angles_degrees=None, origins_angstrom=None)
 
     def with_poses(self, euler_angles_degrees, origins_angstrom) -> "ParticleTable":
         """A copy with the given poses (``(N, 3)`` degrees, ``(N, 2)`` Å)."""

@@ -25,7 +25,7 @@ from starfile.writer import StarWriter
 
 from cryoai_core.io.atomic import atomic_open
 from cryoai_core.io.mrc import common_box, locate_stack
-from cryoai_core.io.particles import CTF_FIELDS, ParticleTable
+from cryoai_core.io.particles import CTF_FIELDS, ParticleTable, uniform_pixel_size
 
 logger = logging.getLogger(__name__)
 
@@ -237,12 +237,7 @@ def _pixel_size(merged: pd.DataFrame, path: str, first_stack: str) -> float:
         logger.warning("%s gives no pixel size; using %.4g Å from the header of %s", path, header_size,
                        first_stack)
         return header_size
-    if not (np.isfinite(values).all() and (values > 0).all()):
-        raise ValueError(f"{path}: the pixel size must be positive and finite")
-    if values.max() - values.min() > 1e-4 * values.max():
-        raise ValueError(f"{path}: the particles have different pixel sizes ({values.min():.4g} to "
-                         f"{values.max():.4g} Å); use one pixel size per data set")
-    return float(values[0])
+    return uniform_pixel_size(values, path)
 
 
 def ctf_from_columns(merged: pd.DataFrame, path: str) -> np.ndarray | None:

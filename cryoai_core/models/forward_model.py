@@ -5,11 +5,9 @@ Images are real, so their transforms are Hermitian; the decoder only renders the
 ``H = {ky > 0} ∪ {ky = 0, kx > 0} ∪ {0}`` inside a radius, and the loss weights every point of ``H`` but
 the origin twice, which equals the L2 distance over the full disk.
 """
-import math
-
 import torch
 
-from cryoai_core.fourier import frequency_grid_2d
+from cryoai_core.fourier import frequency_grid_2d, origin_phase
 from cryoai_core.slicing import central_slice_coords
 
 
@@ -43,12 +41,6 @@ class HalfDisk:
         return spectra.reshape(spectra.shape[0], -1)[:, self.flat_index]
 
 
-def shift_phase(freqs_px: torch.Tensor, origins_px: torch.Tensor) -> torch.Tensor:
-    """``exp(+2πi k·o)``: the phase of a particle at ``-o`` (RELION origin ``o``), ``(B, N)`` complex."""
-    phase = 2.0 * math.pi * (origins_px @ freqs_px.T)
-    return torch.polar(torch.ones_like(phase), phase)
-
-
 def render(volume, rotations: torch.Tensor, origins_px: torch.Tensor, ctf: torch.Tensor | None,
            disk: HalfDisk) -> torch.Tensor:
     """Predicted image transforms on the half-disk, ``(B, N)`` complex.
@@ -61,7 +53,7 @@ def render(volume, rotations: torch.Tensor, origins_px: torch.Tensor, ctf: torch
         disk: the Fourier points to render.
     """
     coords = central_slice_coords(rotations, disk.freqs_px.to(rotations.dtype))
-    values = volume(coords) * shift_phase(disk.freqs_px, origins_px)
+    values = volume(coords) * origin_phase(disk.freqs_px, origins_px)
     if ctf is not None:
         values = values * ctf
     return values

@@ -220,7 +220,7 @@ class CryoAILearner(torch.nn.Module):
         predicted = render(self.decoder, rotations, origins_angstrom / self.config.pixel_size_angstrom, ctf, disk)
         distances = weighted_distances(predicted, targets, disk.weights)
         if self.config.symmetric_loss:
-            loss, _ = symmetrized_loss(distances[:batch], distances[batch:])
+            loss = symmetrized_loss(distances[:batch], distances[batch:])
         else:
             loss = distances.mean()
         self.encoder_optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ def weighted_distances(predicted: torch.Tensor, targets: torch.Tensor, weights: 
     return ((predicted - targets).abs() ** 2 * weights).sum(dim=-1) / weights.sum()
 
 
-def symmetrized_loss(distances_direct: torch.Tensor, distances_flipped: torch.Tensor) -> tuple:
+def symmetrized_loss(distances_direct: torch.Tensor, distances_flipped: torch.Tensor) -> torch.Tensor:
     """The per-image minimum of the two paths (image and its 180° in-plane rotation).
 
     Args:
@@ -20,9 +20,6 @@ def symmetrized_loss(distances_direct: torch.Tensor, distances_flipped: torch.Te
         distances_flipped: ``(B,)`` distances of the rotated copies at the poses predicted for the copies.
 
     Returns:
-        ``(loss, winner)``: the mean of the minima (gradients only reach the winning path) and the
-        ``(B,)`` boolean tensor that is True where the rotated copy won.
+        The mean of the per-image minima (a scalar); gradients only reach the winning path.
     """
-    stacked = torch.stack([distances_direct, distances_flipped], dim=1)
-    minima, winner = stacked.min(dim=1)
-    return minima.mean(), winner.bool()
+    return torch.minimum(distances_direct, distances_flipped).mean()
