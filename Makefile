@@ -3,7 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
-# The CPU build of torch is installed first so that pip does not pull a multi-GB CUDA build.
+# torch is installed first, pinned, from pip's configured index. From PyPI (the default) a Linux install
+# is a CUDA build (several GB; it runs on a CPU too). The machine this project was built on had only the
+# CPU wheel (2.13.0+cpu) in its index. For a CPU-only build elsewhere:
+#   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 DEMO_MINUTES ?= 5
 

@@ -1,7 +1,7 @@
 """Reconstruction benchmark: simulate from the 4AKE map, run `cryoai abinit` with a time budget, and
 score map and poses against the ground truth. Prints one JSON line of figures.
 
-The map is the package's bundled copy of ``shared/data/4ake_L64_px1.5.mrc`` (PDB 4AKE, 64³, 1.5 Å).
+The map is the package's bundled ``cryoai_core/data/4ake_L64_px1.5.mrc`` (PDB 4AKE, 64³, 1.5 Å).
 Targets of the project (2-core CPU, defaults a user gets):
 
 * noise-free, CTF, shifts σ 3 Å, 32 px of 3 Å, 20 000 particles, 30 min:

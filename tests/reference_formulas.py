@@ -1,9 +1,9 @@
-"""Independent reference formulas shared by the physics tests (numpy, written from conventions.md)."""
+"""Independent reference formulas shared by the physics tests (numpy, written from docs/conventions.md)."""
 import numpy as np
 
 
 def relion_matrix(rot_deg: float, tilt_deg: float, psi_deg: float) -> np.ndarray:
-    """RELION's ``Euler_angles2matrix`` written out from conventions.md."""
+    """RELION's ``Euler_angles2matrix`` written out from docs/conventions.md."""
     ca, sa = np.cos(np.radians(rot_deg)), np.sin(np.radians(rot_deg))
     cb, sb = np.cos(np.radians(tilt_deg)), np.sin(np.radians(tilt_deg))
     cg, sg = np.cos(np.radians(psi_deg)), np.sin(np.radians(psi_deg))

@@ -1,4 +1,5 @@
-"""The CTF in RELION's convention (conventions.md, "CTF"), against direct evaluation of the formula."""
+"""The CTF in RELION's convention (docs/conventions.md, "CTF (RELION's convention)"), against direct
+evaluation of the formula."""
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,7 @@ def params(defocus_u, defocus_v, angle, voltage=300.0, cs=2.7, w=0.1, phase=0.0,
 
 
 def relion_ctf(kx, ky, defocus_u, defocus_v, angle_deg, voltage_kv, cs_mm, w, phase_deg, bfactor):
-    """The formula of conventions.md, written out in numpy for one particle."""
+    """The formula of docs/conventions.md, written out in numpy for one particle."""
     volts = voltage_kv * 1e3
     wavelength = 12.2643 / np.sqrt(volts * (1 + 0.978466e-6 * volts))
     s2 = kx ** 2 + ky ** 2

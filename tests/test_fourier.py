@@ -1,5 +1,6 @@
 """Centred transforms, frequency grids, translations, 180° rotations and Fourier resampling
-(conventions.md, "Arrays and Fourier centring" and "Shifts"), checked against direct numpy formulas."""
+(docs/conventions.md, "Arrays and Fourier centring" and "Shifts (origins)"), checked against direct numpy
+formulas."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Fourier shell correlation and resolution figures (conventions.md, "Resolution figures")."""
+"""Fourier shell correlation and resolution figures (docs/conventions.md, "Resolution and pose-error figures")."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
-"""RELION Euler matrices, 6D representation, uniform sampling and angles (conventions.md, "Rotations")."""
+"""RELION Euler matrices, 6D representation, uniform sampling and angles (docs/conventions.md, "Rotations and
+projection")."""
 import os
 import subprocess
 import sys

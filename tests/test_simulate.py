@@ -1,7 +1,7 @@
 """The simulator: RELION meaning of the poses, origins and CTF it writes, its SNR, and its reference map.
 
 Maps are a few Gaussian blobs, whose projections are known in closed form; the star file is read back and
-interpreted with the formulas of conventions.md only.
+interpreted with the formulas of docs/conventions.md only.
 """
 import argparse
 import os

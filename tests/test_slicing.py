@@ -1,4 +1,4 @@
-"""Central slices and projections (conventions.md, "Rotations and projection").
+"""Central slices and projections (docs/conventions.md, "Rotations and projection").
 
 The reference is analytic: a map made of isotropic 3D Gaussians projects, along any direction, to 2D
 Gaussians of known amplitude, centred on the rotated blob centres. With the RELION convention

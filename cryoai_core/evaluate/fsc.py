@@ -4,7 +4,7 @@ Shells are one Fourier pixel wide: voxel ``k`` of the centred 3D transform (FFT-
 :mod:`cryoai_core.fourier`) belongs to shell ``round(|k| L)``, ``|k|`` in cycles per pixel. Shells run
 from 0 (the DC term) to ``L // 2`` (Nyquist, 0.5 cycles/px for even ``L``); the corners beyond Nyquist
 are left out. Resolutions are given in pixels (``1 / frequency = L / shell``, so 2.0 is Nyquist) and in
-Å (pixels × pixel size), as in the project conventions ("Resolution figures").
+Å (pixels × pixel size), as in docs/conventions.md ("Resolution and pose-error figures").
 """
 import numpy as np
 import torch

@@ -2,10 +2,11 @@
 
 Two phases share the same networks:
 
-* **bootstrap** (a deviation from the paper, measured in the project notes): for the images of the
-  current batch, a global search over a quasi-uniform rotation grid x a small translation grid against
-  a cached copy of the current FourierNet gives poses; FourierNet takes a step on them and the encoder
-  is taught to predict them (squared Frobenius + shift errors). Cost per step depends on the batch
+* **bootstrap** (a deviation from the paper, measured in ``benchmarks/README.md``: without it, 30 CPU
+  minutes leave the poses near random): for the images of the current batch, a global search over a
+  quasi-uniform rotation grid x a small translation grid against a cached copy of the current
+  FourierNet gives poses; FourierNet takes a step on them and the encoder is taught to predict them
+  (squared Frobenius + shift errors). Cost per step depends on the batch
   only. It ends when the encoder agrees with the search (median angle below a threshold) or after a
   fraction of the budget.
 * **amortized**, ``amortized_poses="encoder"`` (the paper): the encoder's poses go straight into the
