@@ -1,8 +1,8 @@
 """Pose search against a map cached on a Fourier grid: a global search and a local refinement.
 
 Plain gradient descent on amortized poses rarely leaves the random-pose basin within a CPU budget (see
-the "no bootstrap" run in ``benchmarks/README.md``), so the learner searches poses for the images of the current batch (the cost per step depends on the batch,
-never on the data set size):
+the "no bootstrap" run in ``benchmarks/README.md``), so the learner searches poses for the images of the
+current batch (the cost per step depends on the batch, never on the data set size):
 
 * **global**: a quasi-uniform SO(3) grid (randomly re-oriented at every call) x a coarse translation grid
   spanning ``±max_shift_px``, scored on a low-frequency disk where the translation grid step is resolved;
