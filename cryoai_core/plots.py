@@ -63,49 +63,106 @@ def plot_fsc(path, curves: dict, pixel_size_angstrom: float, thresholds=(0.5, 0.
     return _save(figure, path)
 
 
-def _read_loss_csv(csv_path, step_column: str, loss_column: str):
+def _read_loss_csv(csv_path, step_column: str, loss_column: str, phase_column: str, radius_column: str):
+    """Rows of a metrics CSV that have a loss: ``(steps (T,), losses (T,), phases (T,) or None,
+    radii (T,) or None)``; phases and radii are None when the file lacks their column."""
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or loss_column not in rows[0]:
         raise ValueError(f"{csv_path}: no '{loss_column}' column")
-    steps, losses = [], []
-    for number, row in enumerate(rows):
-        value = row.get(loss_column, "")
-        if value in ("", None):
-            continue
-        steps.append(float(row[step_column]) if row.get(step_column) not in ("", None) else float(number))
-        losses.append(float(value))
-    return np.asarray(steps), np.asarray(losses)
+    rows = [(number, row) for number, row in enumerate(rows) if row.get(loss_column) not in ("", None)]
+    steps = np.asarray([float(row[step_column]) if row.get(step_column) not in ("", None) else float(number)
+                        for number, row in rows])
+    losses = np.asarray([float(row[loss_column]) for _, row in rows])
+    header = set(rows[0][1]) if rows else set()
+    phases = [row.get(phase_column) or "" for _, row in rows] if phase_column in header else None
+    radii = (np.asarray([float(row.get(radius_column) or "nan") for _, row in rows])
+             if radius_column in header else None)
+    return steps, losses, phases, radii
+
+
+def schedule_changes(steps, values) -> list:
+    """``[(step, new value), ...]`` wherever ``values`` differs from the previous row (not the first row).
+
+    Args:
+        steps: ``(T,)`` steps of the rows.
+        values: ``(T,)`` a value per row (a phase name, a Fourier radius...).
+    """
+    values = list(values)
+    return [(float(steps[index]), values[index]) for index in range(1, len(values))
+            if values[index] != values[index - 1]]
+
+
+def draw_training_schedule(axes, steps, phases=None, radii=None):
+    """Mark what changes the loss's scale on a loss-against-step plot: a vertical line at each phase
+    switch, labelled with the new phase, and the Fourier radius the loss is computed within as a step line
+    on a right-hand axis. The loss sums more Fourier components as the radius grows, so it can rise while
+    the reconstruction improves.
+
+    Args:
+        axes: matplotlib axes holding the loss.
+        steps: ``(T,)`` steps of the rows.
+        phases: ``(T,)`` phase names, or None.
+        radii: ``(T,)`` Fourier radii in pixels, or None.
+
+    Returns:
+        The right-hand axes of the radius, or None.
+    """
+    steps = np.asarray(steps, dtype=np.float64)
+    if phases is not None:
+        for step, phase in schedule_changes(steps, phases):
+            axes.axvline(step, color="tab:red", linestyle="--", linewidth=1.0, label=f"phase → {phase}")
+            axes.text(step, 1.0, f" {phase}", transform=axes.get_xaxis_transform(), color="tab:red",
+                      fontsize=8, va="top", ha="left")
+    if radii is None or not np.isfinite(radii).any():
+        return None
+    radius_axes = axes.twinx()
+    radius_axes.step(steps, radii, where="post", color="tab:green", linewidth=1.0, alpha=0.8,
+                     label="Fourier radius")
+    radius_axes.set_ylabel("Fourier radius of the loss (px)", color="tab:green")
+    radius_axes.tick_params(axis="y", labelcolor="tab:green")
+    radius_axes.set_ylim(0.0, np.nanmax(radii) * 1.1)
+    return radius_axes
 
 
 def plot_loss_curve(path, source, smoothing: int = 0, step_column: str = "step",
-                    loss_column: str = "loss") -> str:
-    """Training loss against step on a log scale.
+                    loss_column: str = "loss", phase_column: str = "phase",
+                    radius_column: str = "radius_px") -> str:
+    """Training loss against step on a log scale; from a metrics CSV, also the phase switches and the
+    Fourier radius of the loss (see :func:`draw_training_schedule`).
 
     Args:
         path: output PNG.
-        source: a CSV file with ``step_column`` and ``loss_column`` columns, or a pair
-            ``(steps (T,), losses (T,))``.
+        source: a CSV file with ``step_column`` and ``loss_column`` columns (``phase_column`` and
+            ``radius_column`` when present), or a pair ``(steps (T,), losses (T,))``.
         smoothing: width of a moving average drawn over the raw curve (0 for none).
     """
+    phases = radii = None
     if isinstance(source, (str, os.PathLike)):
-        steps, losses = _read_loss_csv(source, step_column, loss_column)
+        steps, losses, phases, radii = _read_loss_csv(source, step_column, loss_column, phase_column,
+                                                      radius_column)
     else:
         steps, losses = (np.asarray(values, dtype=np.float64) for values in source)
     if steps.shape != losses.shape or steps.ndim != 1 or len(steps) == 0:
         raise ValueError("steps and losses must be non-empty 1D arrays of the same length")
-    figure = Figure(figsize=(6.0, 4.0))
+    figure = Figure(figsize=(6.5, 4.0))
     axes = figure.add_subplot()
     axes.plot(steps, losses, linewidth=0.8, alpha=0.5 if smoothing > 1 else 1.0, label="loss")
     if smoothing > 1 and len(losses) >= smoothing:
         kernel = np.ones(smoothing) / smoothing
         axes.plot(steps[smoothing - 1:], np.convolve(losses, kernel, mode="valid"), linewidth=1.5,
                   label=f"moving average ({smoothing})")
-        axes.legend(loc="upper right")
     if np.all(losses > 0):
         axes.set_yscale("log")
     else:
         logger.warning("loss has non-positive values; plotting on a linear scale")
+    radius_axes = draw_training_schedule(axes, steps, phases, radii)
+    handles, labels = axes.get_legend_handles_labels()
+    if radius_axes is not None:
+        extra_handles, extra_labels = radius_axes.get_legend_handles_labels()
+        handles, labels = handles + extra_handles, labels + extra_labels
+    if len(handles) > 1:
+        axes.legend(handles, labels, loc="upper right", fontsize=8)
     axes.set_xlabel("step")
     axes.set_ylabel(loss_column)
     figure.tight_layout()

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -28,8 +29,9 @@ logger = logging.getLogger(__name__)
 DEVICE_CHECK_TIMEOUT_S = 120
 """Longest wait for ``cryoai check-device`` (it imports torch, a few seconds)."""
 
-_deviceReports = {}
-"""``cryoai check-device --json`` answers by (program, CUDA_VISIBLE_DEVICES): asked once per process."""
+_answers = {}
+"""Answers of ``cryoai`` subprocesses (device report, options of a subcommand) by command and
+CUDA_VISIBLE_DEVICES: asked once per process."""
 
 
 class Plugin(pwem.Plugin):
@@ -61,8 +63,10 @@ class Plugin(pwem.Plugin):
     @classmethod
     def getEnviron(cls, gpus=None, threads=None):
         """Environment of the ``cryoai`` job: ``CUDA_VISIBLE_DEVICES`` from the GPU list ('' hides all
-        GPUs), ``OMP_NUM_THREADS`` from the thread count; no PYTHONPATH when a dedicated env is used."""
+        GPUs, None leaves it as it is), ``OMP_NUM_THREADS`` from the thread count, unbuffered Python output
+        (the Output Log shows the job's lines as they come); no PYTHONPATH when a dedicated env is used."""
         environ = pwutils.Environ(os.environ)
+        environ["PYTHONUNBUFFERED"] = "1"
         if cls.getEnvActivation():
             environ.pop("PYTHONPATH", None)
         if gpus is not None:
@@ -87,19 +91,37 @@ class Plugin(pwem.Plugin):
         """What ``cryoai check-device --json`` says about this machine (``{"cuda": bool, "gpus": int,
         ...}``), run as a subprocess so that Scipion's process never imports torch; ``None`` when it
         cannot run. Asked once per process and environment."""
-        command = f"{cls.getProgram('check-device')} --json"
+        output = cls._askCryoai("check-device --json")
+        try:
+            return json.loads(output.strip().splitlines()[-1]) if output.strip() else None
+        except ValueError:
+            logger.warning("cryoai check-device printed no JSON: %s", output[-200:])
+            return None
+
+    @classmethod
+    def getOptions(cls, subcommand: str) -> set:
+        """The long options ``cryoai SUBCOMMAND --help`` lists (empty when it cannot run): lets the plugin
+        use an option only where the installed core has it."""
+        return set(re.findall(r"^ {2}(?:-\w[ \w]*, )?(--[a-z][a-z0-9-]*)", cls._askCryoai(f"{subcommand} --help"),
+                              re.MULTILINE))
+
+    @classmethod
+    def _askCryoai(cls, arguments: str) -> str:
+        """Standard output of ``cryoai ARGUMENTS`` run as a subprocess ('' when it fails), cached."""
+        command = f"{cls.getProgram(arguments)}"
         environ = cls.getEnviron()
         key = (command, environ.get("CUDA_VISIBLE_DEVICES"))
-        if key not in _deviceReports:
+        if key not in _answers:
             try:
                 result = subprocess.run(command, shell=True, env=environ, capture_output=True, text=True,
                                         timeout=DEVICE_CHECK_TIMEOUT_S)
-                lines = result.stdout.strip().splitlines()
-                _deviceReports[key] = json.loads(lines[-1]) if result.returncode == 0 and lines else None
-            except (OSError, subprocess.TimeoutExpired, ValueError) as error:
-                logger.warning("cryoai check-device failed: %s", error)
-                _deviceReports[key] = None
-        return _deviceReports[key]
+                if result.returncode:
+                    logger.warning("%s failed: %s", command, result.stderr.strip()[-300:])
+                _answers[key] = result.stdout if result.returncode == 0 else ""
+            except (OSError, subprocess.TimeoutExpired) as error:
+                logger.warning("%s failed: %s", command, error)
+                _answers[key] = ""
+        return _answers[key]
 
     @classmethod
     def validateInstallation(cls):

@@ -25,6 +25,12 @@ logger = logging.getLogger(__name__)
 POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst")
 """Particle columns of a RELION 3.1 star that hold a pose."""
 
+RESERVED_COLUMNS = frozenset(("rlnImageName", "rlnOpticsGroup", "rlnOpticsGroupName", "rlnDefocusU",
+                              "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnOriginX", "rlnOriginY",
+                              "rlnOriginZAngst") + POSE_COLUMNS)
+"""Columns :func:`writeSetOfParticles` derives from Scipion's own fields: a stray ``_rln*`` attribute
+of the same name is not copied over them."""
+
 
 def eulerToMatrix(anglesDegrees) -> np.ndarray:
     """RELION rotation matrices ``A`` ``(..., 3, 3)`` of ``(..., 3)`` Euler angles (rot, tilt, psi), degrees."""
@@ -107,7 +113,8 @@ def linkStacks(particles, stackDir: str) -> dict:
 def writeSetOfParticles(particles, starPath: str, stackDir: str, writePoses: bool = False) -> int:
     """Write ``particles`` (in id order) as a RELION 3.1 star: one optics group from the set's acquisition
     and sampling rate, per-particle CTF, image names ``index@stack`` relative to the star's folder (the
-    stacks are linked or converted into ``stackDir`` by :func:`linkStacks`).
+    stacks are linked or converted into ``stackDir`` by :func:`linkStacks`), and the particles' other
+    RELION columns (:func:`relionColumns`), which ``cryoai`` carries into its output star.
 
     Args:
         particles: a SetOfParticles with CTF.
@@ -141,6 +148,8 @@ def writeSetOfParticles(particles, starPath: str, stackDir: str, writePoses: boo
         if writePoses:
             angles, shifts = transformMatrixToPose(particle.getTransform().getMatrix())
             row.update(zip(POSE_COLUMNS, [*angles, *(shifts * pixelSize)]))
+        for name, value in relionColumns(particle).items():
+            row.setdefault(name, value)
         rows.append(row)
     optics = pd.DataFrame([{
         "rlnOpticsGroupName": "opticsGroup1", "rlnOpticsGroup": 1,
@@ -150,6 +159,26 @@ def writeSetOfParticles(particles, starPath: str, stackDir: str, writePoses: boo
         "rlnImageSize": box, "rlnImageDimensionality": 2}])
     starfile.write({"optics": optics, "particles": pd.DataFrame(rows)}, starPath, overwrite=True)
     return len(rows)
+
+
+def relionColumns(particle) -> dict:
+    """The RELION columns a Scipion particle carries besides image, CTF and pose: its coordinate
+    (``rlnCoordinateX/Y``, ``rlnMicrographName``) and every ``_rln*`` attribute a RELION import gave it
+    or its coordinate (``rlnGroupName``, ``rlnRandomSubset``, ``rlnClassNumber``...)."""
+    columns = {}
+    coordinate = particle.getCoordinate()
+    if coordinate is not None and coordinate.getX() is not None:
+        columns["rlnCoordinateX"], columns["rlnCoordinateY"] = coordinate.getPosition()
+        micName = coordinate.getMicName() or (str(coordinate.getMicId()) if coordinate.getMicId() else None)
+        if micName:
+            columns["rlnMicrographName"] = micName.replace(" ", "")
+    for item in (particle, coordinate):
+        if item is None:
+            continue
+        for name, attribute in item.getAttributes():
+            if name.startswith("_rln") and name[1:] not in RESERVED_COLUMNS and attribute.hasValue():
+                columns.setdefault(name[1:], attribute.get())
+    return columns
 
 
 def readPoses(starPath: str):

@@ -133,8 +133,8 @@ def test_write_read_round_trip_with_poses_ctf_and_optics_groups(stacks):
     blocks = starfile.read(path, always_dict=True)  # what RELION-reading tools see
     optics, particles = blocks["optics"], blocks["particles"]
     assert len(optics) == 2 and set(optics["rlnImageDimensionality"]) == {2}
-    assert list(particles["rlnImageName"]) == ["000003@" + table.stack_files[1], "000002@" + table.stack_files[0],
-                                               "000001@" + table.stack_files[1]]  # outside the star folder
+    assert list(particles["rlnImageName"]) == ["000003@../stacks/b.mrcs", "000002@../stacks/a.mrcs",
+                                               "000001@../stacks/b.mrcs"]  # relative, as RELION writes them
     np.testing.assert_allclose(particles["rlnOriginXAngst"], ORIGINS_ANGSTROM[:, 0])
     back = read_star(path)
     assert back.stack_files == (table.stack_files[1], table.stack_files[0])
@@ -154,6 +154,24 @@ def test_written_paths_are_relative_inside_the_star_folder(stacks):
     assert back.stack_files == table.stack_files
     write_star(path, table, relative_to=str(stacks / "stacks"))
     assert starfile.read(path, always_dict=True)["particles"]["rlnImageName"][0] == "000002@a.mrcs"
+    elsewhere = ParticleTable(stack_files=("/cryoai-no-such-root/a.mrcs",), stack_ids=np.zeros(1, np.int32),
+                              image_indices=np.zeros(1, np.int64), pixel_size_angstrom=2.0, box=16)
+    write_star(path, elsewhere)  # nothing but "/" in common: a relative path would not survive a move
+    assert starfile.read(path, always_dict=True)["particles"]["rlnImageName"][0] == "000001@" + \
+        elsewhere.stack_files[0]
+
+
+def test_written_star_survives_moving_its_project(stacks):
+    """Stars written next to their stacks' folder name them with ``../``: the project folder can move."""
+    table = read_star(write_text(stacks / "in.star", relion31(NAMES)))
+    os.makedirs(stacks / "Job" / "out")
+    write_star(str(stacks / "Job" / "out" / "particles.star"), table)
+    assert starfile.read(str(stacks / "Job" / "out" / "particles.star"),
+                         always_dict=True)["particles"]["rlnImageName"][0] == "000002@../../stacks/a.mrcs"
+    moved = stacks.parent / f"{stacks.name}_moved"
+    os.rename(stacks, moved)
+    back = read_star(str(moved / "Job" / "out" / "particles.star"))
+    assert back.stack_files == tuple(str(moved / "stacks" / os.path.basename(f)) for f in table.stack_files)
 
 
 def test_table_without_ctf_writes_optics_constants(stacks):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cryoai_core.plots import (plot_central_slices, plot_fsc, plot_loss_curve, plot_pose_distribution,
-                               viewing_directions)
+from cryoai_core.plots import (draw_training_schedule, plot_central_slices, plot_fsc, plot_loss_curve,
+                               plot_pose_distribution, schedule_changes, viewing_directions)
 from cryoai_core.rotations import euler_to_matrix, random_rotations
 
 
@@ -53,3 +53,34 @@ def test_central_slices_plot(tmp_path):
     z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
     volume = np.exp(-((x - 4) ** 2 + y ** 2 / 4 + (z + 3) ** 2) / 20.0)
     assert_png(plot_central_slices(tmp_path / "slices.png", volume, title="blob"))
+
+
+def test_schedule_changes():
+    assert schedule_changes([0, 20, 40, 60], ["bootstrap", "bootstrap", "amortized", "amortized"]) == \
+        [(40.0, "amortized")]
+    assert schedule_changes([0, 20, 40], [4.0, 6.0, 6.0]) == [(20.0, 6.0)]
+    assert schedule_changes([0], ["bootstrap"]) == []
+
+
+def test_loss_plot_marks_phase_switches_and_radius(tmp_path):
+    """A loss that rises with the Fourier radius is drawn with the radius (right axis) and the phase switch,
+    so it is not read as divergence."""
+    from matplotlib.figure import Figure
+    steps = np.arange(0, 200, 20.0)
+    radii = np.minimum(4.0 + steps // 40 * 2.0, 10.0)
+    phases = ["bootstrap"] * 6 + ["amortized"] * 4
+    figure = Figure()
+    axes = figure.add_subplot()
+    axes.plot(steps, radii ** 2)
+    radius_axes = draw_training_schedule(axes, steps, phases, radii)
+    switches = [line for line in axes.lines if line.get_label() == "phase → amortized"]
+    assert len(switches) == 1 and list(switches[0].get_xdata()) == [120.0, 120.0]
+    assert radius_axes is not None and radius_axes is not axes
+    np.testing.assert_array_equal(radius_axes.lines[0].get_ydata(), radii)
+    assert draw_training_schedule(axes, steps) is None
+
+    csv_path = tmp_path / "metrics.csv"
+    rows = ["step,epoch,phase,radius_px,loss"] + [f"{step:g},{step / 50:g},{phase},{radius:.2f},{radius ** 2 / 100:g}"
+                                                  for step, phase, radius in zip(steps, phases, radii)]
+    csv_path.write_text("\n".join(rows) + "\n")
+    assert_png(plot_loss_curve(tmp_path / "loss.png", str(csv_path), smoothing=3))

@@ -107,8 +107,10 @@ def require_ctf(table: ParticleTable, path: str) -> None:
 def write_star(path: str, table: ParticleTable, relative_to: str | None = None) -> None:
     """Write ``table`` as a RELION 3.1 particle star file (``data_optics`` + ``data_particles``).
 
-    Stack paths are written relative to ``relative_to`` (default: the star file's folder) when the stack
-    lies inside that folder, absolute otherwise. One optics group is written per distinct
+    Stack paths are written relative to ``relative_to`` (default: the star file's folder), with ``..``
+    where needed, as RELION writes them and as Scipion's RELION import requires; moving the folder that
+    holds both the star and the stacks keeps them valid. Only stacks that share nothing but the filesystem
+    root with that folder are written absolute. One optics group is written per distinct
     (voltage, Cs, amplitude contrast); without CTF, one group carrying ``table.optics``'s values.
     """
     folder = os.path.abspath(relative_to) if relative_to else os.path.dirname(os.path.abspath(path))
@@ -311,8 +313,8 @@ def _optics_table(table: ParticleTable) -> tuple[pd.DataFrame, np.ndarray]:
 def _image_names(table: ParticleTable, folder: str) -> np.ndarray:
     written = []
     for stack in table.stack_files:
-        relative = os.path.relpath(stack, folder)
-        outside = relative == os.pardir or relative.startswith(os.pardir + os.sep)
-        written.append(stack if outside else relative)
+        stack = os.path.abspath(stack)
+        shared = os.path.commonpath([stack, folder])
+        written.append(stack if shared == os.path.dirname(shared) else os.path.relpath(stack, folder))
     numbers = pd.Series(np.asarray(table.image_indices, dtype=np.int64) + 1).map("{:06d}@".format)
     return (numbers + pd.Series(np.array(written, dtype=object)[table.stack_ids])).to_numpy()

@@ -31,6 +31,7 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
     particles with their predicted poses, ready for RELION 3D auto-refine or cryoSPARC refinement.
     """
     _label = "ab initio"
+    _cryoaiCommand = "abinit"
     _devStatus = BETA
     _possibleOutputs = outputs
 
@@ -109,7 +110,7 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
         if os.path.exists(self._getTrainPath("checkpoint.pt")):
             self.info("continuing the training from its checkpoint")
             arguments.append("--resume")
-        self._runCryoai("abinit", arguments)
+        self._runCryoai(self._cryoaiCommand, arguments)
 
     def createOutputStep(self):
         inputSet = self.inputParticles.get()
@@ -212,9 +213,7 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
         summary = []
         metrics = self.readMetrics()
         if metrics:
-            last = metrics[-1]
-            summary.append(f"Trained {int(last.get('step', 0))} steps ({last.get('epoch', 0):g} epochs) in "
-                           f"{last.get('elapsed_s', 0) / 60:.1f} min; last loss {last.get('loss', float('nan')):.4g}.")
+            summary.append(trainingSummary(metrics[-1]))
         if self.hasAttribute(outputs.outputVolume.name):
             particles = self.inputParticles.get()
             summary.append(f"Map: {particles.getXDim()} px box, {particles.getSamplingRate():g} Å/px "
@@ -241,6 +240,19 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
 
     def _citations(self):
         return ["Levy2022"]
+
+
+def trainingSummary(last: dict) -> str:
+    """One line on the training from the last row of ``metrics.csv``: steps, epochs, time, loss, phase and
+    the Fourier radius the loss was computed within (it grows during training, so the loss does too)."""
+    text = (f"Trained {int(last.get('step', 0))} steps ({last.get('epoch', 0):.3g} epochs) in "
+            f"{last.get('elapsed_s', 0) / 60:.1f} min; last loss {last.get('loss', float('nan')):.4g}")
+    details = []
+    if isinstance(last.get("phase"), str):
+        details.append(f"phase {last['phase']}")
+    if isinstance(last.get("radius_px"), float):
+        details.append(f"Fourier radius {last['radius_px']:g} px")
+    return text + (f" ({', '.join(details)})." if details else ".")
 
 
 def _number(text: str):

@@ -16,13 +16,18 @@ from cryoai_scipion.constants import INPUT_STACKS, INPUT_STAR
 class CryoAIProtBase(EMProtocol):
     """Base of the cryoAI protocols (hidden from the GUI: it has no ``_label``)."""
 
+    _cryoaiCommand = ""
+    """The ``cryoai`` subcommand a protocol runs."""
+
     def _defineComputeParams(self, form):
         form.addHidden(params.USE_GPU, params.BooleanParam, default=True, label="Use GPU?",
                        help="Train on a GPU (strongly recommended). Choose No to run on the CPU, which is "
                             "only practical for tiny tests.")
-        form.addHidden(params.GPU_LIST, params.StringParam, default="0", label="Choose GPU ID",
-                       help="GPU to use, as numbered by nvidia-smi. cryoAI trains on one GPU; it is made "
-                            "visible to the job through CUDA_VISIBLE_DEVICES.")
+        form.addHidden(params.GPU_LIST, params.StringParam, default="0", label="Choose GPU IDs",
+                       help="GPUs to use, as numbered by nvidia-smi, e.g. '0 1 2 3'. Training runs on all of "
+                            "them (one process per GPU, the batch split between them); they are made "
+                            "visible to the job through CUDA_VISIBLE_DEVICES. Through a queue, the queue "
+                            "chooses the GPUs and only their number counts.")
         form.addParallelSection(threads=1, mpi=0)
 
     # --------------------------- running cryoai ----------------------------------------
@@ -30,18 +35,30 @@ class CryoAIProtBase(EMProtocol):
         """Run ``cryoai SUBCOMMAND ARGUMENTS`` as a job (its output goes to the run log). When it fails,
         the step fails with the core's one-line reason, taken from what the job wrote to the run's
         stderr log."""
-        gpus = self.getGpuList()[:1] if self.usesGpu() else []
-        environ = Plugin.getEnviron(gpus=gpus, threads=self.numberOfThreads.get())
-        device = "cuda" if self.usesGpu() else "cpu"
+        gpus = self._jobGpus(subcommand)
+        options = ["--device", "cuda" if gpus else "cpu", "--no-progress"]
+        if len(gpus) > 1:  # data parallel: one process per GPU, numbered among the visible ones
+            options += ["--gpus", ",".join(str(rank) for rank in range(len(gpus)))]
+        # Through a queue, the node's CUDA_VISIBLE_DEVICES is the queue's choice: leave it alone.
+        visible = None if gpus and self.useQueue() else gpus
+        environ = Plugin.getEnviron(gpus=visible, threads=self.numberOfThreads.get())
         stderrLog = self.getStderrLog()
         start = os.path.getsize(stderrLog) if os.path.exists(stderrLog) else 0
         try:
-            self.runJob(Plugin.getProgram(subcommand),
-                        " ".join(arguments + ["--device", device, "--no-progress"]),
+            self.runJob(Plugin.getProgram(subcommand), " ".join(arguments + options),
                         env=environ, numberOfMpi=1, numberOfThreads=1)
         except Exception as error:
             reason = failureReason(_readFrom(stderrLog, start)) or str(error)
             raise PyworkflowException(f"cryoai {subcommand} failed: {reason}") from None
+
+    def _jobGpus(self, subcommand: str) -> list:
+        """The GPUs of the form that ``cryoai SUBCOMMAND`` will use: all of them when it has ``--gpus``
+        (data-parallel training), else the first; [] on the CPU."""
+        gpus = self.getGpuList() if self.usesGpu() else []
+        if len(gpus) > 1 and "--gpus" not in Plugin.getOptions(subcommand):
+            self.info(f"cryoai {subcommand} uses one GPU: GPU {gpus[0]} of {gpus}")
+            return gpus[:1]
+        return gpus
 
     def failureSummary(self) -> list:
         """``["FAILED: <reason>"]`` for a failed run, else ``[]``."""
@@ -136,14 +153,16 @@ class CryoAIProtBase(EMProtocol):
         return []
 
     def _gpuWarnings(self) -> list:
-        if self.usesGpu() and len(self.getGpuList()) > 1:
-            return [f"cryoAI trains on one GPU; only GPU {self.getGpuList()[0]} will be used."]
+        gpus = self.getGpuList() if self.usesGpu() else []
+        if len(gpus) > 1 and "--gpus" not in Plugin.getOptions(self._cryoaiCommand):
+            return [f"cryoai {self._cryoaiCommand} runs on one GPU here; only GPU {gpus[0]} will be used."]
         return []
 
 
 
-ERROR_LINE = re.compile(r"(?:^|\s)error:\s*(.+)$", re.IGNORECASE)
-"""A line of the core's stderr that states why it stopped: ``cryoai SUBCOMMAND: error: REASON``."""
+ERROR_LINE = re.compile(r"(?:^|\s)(error|interrupted):\s*(.+)$", re.IGNORECASE)
+"""A line of the core's stderr that states why it stopped: ``cryoai SUBCOMMAND: error: REASON`` (or
+``interrupted: REASON``)."""
 
 
 def failureReason(stderrText: str) -> str:
@@ -153,7 +172,8 @@ def failureReason(stderrText: str) -> str:
     for line in reversed(lines):
         match = ERROR_LINE.search(line)
         if match:
-            return match.group(1).strip()
+            kind, reason = match.group(1).lower(), match.group(2).strip()
+            return reason if kind == "error" else f"interrupted: {reason}"
     if any(line.startswith("Traceback (most recent call last)") for line in lines):
         return lines[-1]
     return ""

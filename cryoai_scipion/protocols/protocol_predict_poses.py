@@ -8,6 +8,7 @@ from pwem.protocols import ProtParticles
 from pyworkflow.constants import BETA
 
 from cryoai_scipion.constants import PREDICTED_STAR
+from cryoai_scipion.protocols.protocol_abinitio import CryoAIProtAbinitio
 from cryoai_scipion.protocols.protocol_base import CryoAIProtBase
 
 FIELD_OF_VIEW_TOLERANCE = 0.05
@@ -25,8 +26,17 @@ class CryoAIProtPredictPoses(ProtParticles, CryoAIProtBase):
     molecule, imaged under similar conditions, in a box of about the same size in Å.
     """
     _label = "predict poses"
+    _cryoaiCommand = "predict-poses"
     _devStatus = BETA
     _possibleOutputs = outputs
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        project = kwargs.get("project")
+        if project is not None and "abinitioRun" not in kwargs and self.abinitioRun.get() is None:
+            latest = latestFinishedRun(project, CryoAIProtAbinitio)
+            if latest is not None:
+                self.abinitioRun.set(latest)
 
     def _defineParams(self, form):
         form.addSection(label="Input")
@@ -51,7 +61,7 @@ class CryoAIProtPredictPoses(ProtParticles, CryoAIProtBase):
 
     def predictStep(self):
         checkpoint = os.path.abspath(self.abinitioRun.get().getCheckpointPath())
-        self._runCryoai("predict-poses", ["--checkpoint", checkpoint, self._inputStarPath(),
+        self._runCryoai(self._cryoaiCommand, ["--checkpoint", checkpoint, self._inputStarPath(),
                                           "-o", self._getExtraPath(PREDICTED_STAR),
                                           "--batch-size", str(self.batchSize.get())])
 
@@ -99,3 +109,12 @@ class CryoAIProtPredictPoses(ProtParticles, CryoAIProtBase):
 
     def _citations(self):
         return ["Levy2022"]
+
+
+def latestFinishedRun(project, protocolClass):
+    """The run of ``protocolClass`` in ``project`` that finished last (None when none has finished)."""
+    finished = [run for run in project.mapper.selectByClass(protocolClass.__name__, iterate=True)
+                if run.isFinished()]
+    if not finished:
+        return None
+    return max(finished, key=lambda run: (run.endTime.get() or "", run.getObjId()))

@@ -95,6 +95,10 @@ class TestCryoAIProtocols(BaseTest):
         self.assertLess(error, baseline - 5.0)
 
     def test_abinitio_summary_methods_citations(self):
+        from cryoai_scipion.protocols.protocol_abinitio import trainingSummary
+        last = self.abinitio.readMetrics()[-1]
+        self.assertEqual(self.abinitio.summary()[0], trainingSummary(last))
+        self.assertIn(f"phase {last['phase']}", self.abinitio.summary()[0])
         summary = " ".join(self.abinitio.summary())
         self.assertIn(f"{BOX} px box", summary)
         self.assertIn(f"{TRAIN_COUNT} particles", summary)
@@ -233,6 +237,16 @@ class TestCryoAIProtocols(BaseTest):
         reserved = self._abinitioOn(self.trainParticles, extraParams="--resume")
         self.assertIn("--resume", " ".join(reserved.validate()))
 
+    def test_predict_form_prefills_latest_finished_run(self):
+        unfinished = self.newProtocol(CryoAIProtAbinitio)
+        self.proj.saveProtocol(unfinished)
+        chosen = self.newProtocol(CryoAIProtPredictPoses).abinitioRun.get()
+        self.assertIsInstance(chosen, CryoAIProtAbinitio)
+        self.assertTrue(chosen.isFinished())
+        finished = [run for run in self.proj.getRuns() if isinstance(run, CryoAIProtAbinitio) and run.isFinished()]
+        self.assertEqual(chosen.endTime.get(), max(run.endTime.get() for run in finished))
+        self.assertIs(self.newProtocol(CryoAIProtPredictPoses, abinitioRun=None).abinitioRun.get(), None)
+
     def test_predict_validation(self):
         predict = self.newProtocol(CryoAIProtPredictPoses, useGpu=False)
         unfinished = self.newProtocol(CryoAIProtAbinitio)
@@ -252,6 +266,8 @@ class TestCryoAIProtocols(BaseTest):
             views = show()
             self.assertEqual(len(views), 1)
             self.assertIsInstance(views[0], EmPlotter)
+        lossAxes = viewer._showLoss()[0].getFigure().axes
+        self.assertEqual(len(lossAxes), 2)  # the loss, and the Fourier radius on a right-hand axis
         figures = viewer._showFigures()
         self.assertEqual(len(figures), 3)
 

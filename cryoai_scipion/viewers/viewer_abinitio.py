@@ -9,6 +9,7 @@ import pyworkflow.viewer as pwviewer
 from pwem.viewers import EmPlotter, EmProtocolViewer
 from pwem.viewers.viewer_chimera import Chimera, ChimeraView
 
+from cryoai_core.plots import draw_training_schedule
 from cryoai_scipion.protocols import CryoAIProtAbinitio, CryoAIProtPredictPoses
 
 CORE_FIGURES = ("loss.png", "poses.png", "slices.png")
@@ -33,7 +34,9 @@ class CryoAIViewer(EmProtocolViewer):
         isAbinitio = isinstance(self.protocol, CryoAIProtAbinitio)
         if isAbinitio:
             form.addParam("showLoss", params.LabelParam, label="Loss curve",
-                          help="Training loss against the optimisation step (from metrics.csv).")
+                          help="Training loss against the optimisation step (from metrics.csv), with the "
+                               "phase switches (dashed) and the Fourier radius the loss is computed within "
+                               "(right axis): the loss grows with the radius, which is not divergence.")
         form.addParam("showPoses", params.LabelParam, label="Pose distribution",
                       help="Predicted projection directions (tilt and rot) of the output particles.")
         if isAbinitio:
@@ -51,8 +54,12 @@ class CryoAIViewer(EmProtocolViewer):
         if not metrics:
             return [self.infoMessage("No training metrics yet.", title="cryoAI")]
         plotter = EmPlotter(windowTitle="cryoAI loss")
-        plotter.createSubPlot("Training loss", "step", "loss")
-        plotter.plotData([row["step"] for row in metrics], [row["loss"] for row in metrics], color="tab:blue")
+        axes = plotter.createSubPlot("Training loss", "step", "loss")
+        steps = [row["step"] for row in metrics]
+        plotter.plotData(steps, [row["loss"] for row in metrics], color="tab:blue")
+        phases = [row.get("phase", "") for row in metrics] if "phase" in metrics[0] else None
+        radii = [row.get("radius_px", float("nan")) for row in metrics] if "radius_px" in metrics[0] else None
+        draw_training_schedule(axes, steps, phases, radii)
         return [plotter]
 
     def _showPoses(self, paramName=None):
