@@ -15,7 +15,7 @@ from cryoai_scipion.protocols.protocol_base import CryoAIProtBase
 
 MIN_TRAINING_BOX = 16
 
-RESERVED_OPTIONS = ("-o", "--outdir", "--resume", "--device", "--no-progress")
+RESERVED_OPTIONS = ("-o", "--outdir", "--resume", "--device", "--gpus")
 """Options the protocol sets itself; they may not appear in the extra arguments."""
 
 

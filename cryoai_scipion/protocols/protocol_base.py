@@ -36,7 +36,9 @@ class CryoAIProtBase(EMProtocol):
         the step fails with the core's one-line reason, taken from what the job wrote to the run's
         stderr log."""
         gpus = self._jobGpus(subcommand)
-        options = ["--device", "cuda" if gpus else "cpu", "--no-progress"]
+        # No --no-progress: cryoai prints plain progress lines (epoch, step, loss, phase, ETA) on stdout,
+        # which the Output Log shows; its progress bars are for terminals only.
+        options = ["--device", "cuda" if gpus else "cpu"]
         if len(gpus) > 1:  # data parallel: one process per GPU, numbered among the visible ones
             options += ["--gpus", ",".join(str(rank) for rank in range(len(gpus)))]
         # Through a queue, the node's CUDA_VISIBLE_DEVICES is the queue's choice: leave it alone.

@@ -75,6 +75,14 @@ class TestCryoAIProtocols(BaseTest):
             self.assertAlmostEqual(particle.getCTF().getDefocusAngle(), source.getCTF().getDefocusAngle(), 2)
             self.assertIsNotNone(particle.getTransform())
 
+    def test_progress_reaches_the_output_log(self):
+        """The run's stdout log (Scipion's Output Log) has the core's plain progress lines, no bar."""
+        with open(self.abinitio.getStdoutLog()) as handle:
+            log = handle.read()
+        self.assertIn("progress: epoch", log)
+        self.assertNotIn("\r", log)
+        self.assertNotIn("--no-progress", log)
+
     def test_abinitio_poses_are_the_core_poses_in_pixels(self):
         """Each Transform holds the pose cryoai wrote (origins Å -> pixels), in input order."""
         _, angles, originsA = convert.readPoses(self.abinitio.getCheckpointPath().replace("checkpoint.pt",
