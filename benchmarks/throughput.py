@@ -14,19 +14,19 @@ import time
 
 import torch
 
-from cryoai_core.train.config import TrainConfig
+from cryoai_core.train.config import build
 from cryoai_core.train.learner import CryoAILearner
 
 
 def measure(box: int, phase: str, batch_size: int, steps: int, device: str) -> float:
-    config = TrainConfig(box=box, pixel_size_angstrom=3.0, input_box=box, input_pixel_size_angstrom=3.0,
-                         epochs=1, batch_size=batch_size, device=device)
+    config = build(box=box, pixel_size_angstrom=3.0, input_box=box, input_pixel_size_angstrom=3.0,
+                   epochs=1, batch_size=batch_size, device=device)
     learner = CryoAILearner(config).to(device)
     learner.phase = phase
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch_size, box, box, generator=generator).to(device)
     ctf = torch.tensor([[15000.0, 14500.0, 30.0, 300.0, 2.7, 0.1, 0.0, 0.0]]).repeat(batch_size, 1).to(device)
-    progress = config.marching_fraction
+    progress = config.schedule.marching_fraction
     learner.step(images, ctf, progress, generator)
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -50,7 +50,7 @@ def grid_spacing_degrees(count: int) -> float:
     return math.degrees((8.0 * math.pi ** 2 / count) ** (1.0 / 3.0))
 
 
-def network_grid(network, box: int, radius_px: float, oversampling: int = 2) -> FourierGrid:
+def network_grid(network, box: int, radius_px: float, oversampling: int) -> FourierGrid:
     """FourierNet (coords in cycles/px -> complex) cached on a grid of spacing ``1 / (oversampling·box)``.
 
     Points within ``radius_px + 2`` Fourier pixels are evaluated (the margin feeds the interpolation).
@@ -103,8 +103,8 @@ class PoseSearch:
         refine_steps: rounds of local refinement after the global stage.
     """
 
-    def __init__(self, num_rotations: int = 4096, max_shift_px: float = 4.8, shift_points: int = 7,
-                 coarse_radius_px: float = 10.0, refine_steps: int = 3):
+    def __init__(self, *, num_rotations: int, max_shift_px: float, shift_points: int, coarse_radius_px: float,
+                 refine_steps: int):
         if num_rotations < 1 or shift_points < 1 or refine_steps < 0:
             raise ValueError("the search needs at least one rotation, one translation and refine_steps ≥ 0")
         self.base_rotations = super_fibonacci_rotations(num_rotations, torch.float32)

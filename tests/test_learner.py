@@ -6,7 +6,7 @@ from cryoai_core.ctf import CTFParams, compute_ctf
 from cryoai_core.fourier import fft2_centered, frequency_grid_2d, ifft2_centered, origin_phase
 from cryoai_core.rotations import compose_in_plane_180, geodesic_angle, random_rotations
 from cryoai_core.slicing import VoxelFourierVolume
-from cryoai_core.train.config import TrainConfig
+from cryoai_core.train.config import TrainConfig, build
 from cryoai_core.train.learner import CryoAILearner
 
 BOX = 16
@@ -27,9 +27,9 @@ def blob_map(seed: int) -> torch.Tensor:
 
 def config(**changes) -> TrainConfig:
     values = dict(box=BOX, pixel_size_angstrom=PIXEL, input_box=BOX, input_pixel_size_angstrom=PIXEL, epochs=1,
-                  batch_size=8, search_rotations=128, decoder_width=16, encoder_base_channels=4)
+                  batch_size=8, search_rotations=128, fouriernet_width=16, encoder_base_channels=4)
     values.update(changes)
-    return TrainConfig(**values)
+    return build(**values)
 
 
 class TrueMap(torch.nn.Module):
@@ -142,3 +142,14 @@ def test_configuration_rejects_out_of_range_values():
         config(epochs=None)
     with pytest.raises(ValueError, match="--lr-encoder"):
         config(lr_encoder=2.0)
+
+
+def test_the_bootstrap_can_end_early_at_box_16():
+    """The early exit waits for the loss radius to reach 8 px, capped at Nyquist (7 px at box 16)."""
+    volume = VoxelFourierVolume(blob_map(7), PIXEL, oversampling=2)
+    generator = torch.Generator().manual_seed(8)
+    images = volume.project(random_rotations(8, generator).double(), BOX, PIXEL).float()
+    learner = CryoAILearner(config(bootstrap_agreement_degrees=180.0, bootstrap_max_fraction=1.0))
+    result = learner.step(images / images.std(), None, progress=0.99, generator=generator)
+    assert result.radius_px == learner.config.nyquist_radius_px == 7.0
+    assert learner.phase == "amortized"  # ended by agreement: 0.99 of the budget is below max_fraction

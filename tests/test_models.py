@@ -7,19 +7,20 @@ import pytest
 import torch
 
 from cryoai_core.fourier import fft2_centered, frequency_grid_2d, ifft3_centered
-from cryoai_core.models.encoder import EncoderConfig, GaussianBank, PoseEncoder
+from cryoai_core.models.encoder import GaussianBank, PoseEncoder
 from cryoai_core.models.forward_model import HalfDisk, render
 from cryoai_core.models.fouriernet import FourierNet
 from cryoai_core.models.siren import Siren
 from cryoai_core.rotations import random_rotations
 from cryoai_core.simulate import ImageSimulator, SimulationConfig
 from cryoai_core.slicing import central_slice_coords
+from cryoai_core.train.config import EncoderConfig, FourierNetConfig
 
 
 @pytest.fixture(scope="module")
 def network():
     torch.manual_seed(0)
-    net = FourierNet(hidden_features=32, modulant_layers=2, envelope_layers=1)
+    net = FourierNet(FourierNetConfig(width=32, modulant_layers=2, envelope_layers=1), box=16)
     net.eval()
     return net
 
@@ -117,8 +118,8 @@ def test_siren_initialisation_ranges_and_unit_scale_preactivations():
 @pytest.mark.parametrize("box", [32, 64])
 def test_pose_encoder_outputs_rotations_and_origins(box):
     torch.manual_seed(2)
-    encoder = PoseEncoder(EncoderConfig(box=box, base_channels=4, max_channels=16, hidden_features=16,
-                                        max_shift_angstrom=5.0))
+    encoder = PoseEncoder(EncoderConfig(base_channels=4, max_channels=16, hidden_features=16), box,
+                          max_shift_angstrom=5.0)
     encoder.eval()
     with torch.no_grad():
         rotations, origins, sixd = encoder(torch.randn(3, box, box))
@@ -134,7 +135,7 @@ def test_pose_encoder_outputs_rotations_and_origins(box):
 @pytest.mark.parametrize("box", [15, 12, 33])
 def test_pose_encoder_rejects_odd_or_tiny_boxes(box):
     with pytest.raises(ValueError, match="even box"):
-        PoseEncoder(EncoderConfig(box=box))
+        PoseEncoder(EncoderConfig(), box)
 
 
 def test_gaussian_bank_keeps_the_image_at_sigma_0_and_blurs_with_a_normalised_gaussian():

@@ -57,7 +57,7 @@ class Problem:
         fourier = simulator.fourier_volume
         # A projection's DFT is the slice x voxel³ / pixel², and the targets carry 1 / BOX.
         self.map = lambda coords: fourier.sample(coords.double() / PIXEL) * (PIXEL / BOX)
-        self.grid = network_grid(self.map, BOX, self.disk.radius_px.max().item())
+        self.grid = network_grid(self.map, BOX, self.disk.radius_px.max().item(), oversampling=2)
 
 
 def make_search(**changes) -> PoseSearch:
@@ -89,7 +89,7 @@ def test_fourier_grid_reproduces_affine_functions_in_any_unit():
 
 def test_voxel_volume_and_network_grid_share_the_sampler():
     volume = VoxelFourierVolume(blob_map(1), PIXEL, oversampling=2)
-    cached = network_grid(lambda k: volume.sample(k / PIXEL), BOX, BOX / 2)
+    cached = network_grid(lambda k: volume.sample(k / PIXEL), BOX, BOX / 2, oversampling=2)
     points = (torch.rand(500, 3, generator=torch.Generator().manual_seed(1)) - 0.5) * 0.6
     assert torch.allclose(cached(points), volume.sample(points / PIXEL), rtol=1e-4, atol=1e-3)
 

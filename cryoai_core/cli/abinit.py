@@ -15,16 +15,12 @@ import os
 
 from cryoai_core.cli import CommandError
 from cryoai_core.cli.checks import check_number, check_writable_folder
-from cryoai_core.train.config import AMORTIZED_POSES, TrainConfig
+from cryoai_core.train import config_flags
+from cryoai_core.train.config import DEFAULT_MAX_BOX, DEFAULT_MAX_MINUTES, MIN_BOX, build
 
 logger = logging.getLogger(__name__)
 
 MIN_PARTICLES = 10
-
-
-def _default(name: str):
-    """The default of a :class:`TrainConfig` field (the one source of defaults)."""
-    return TrainConfig.__dataclass_fields__[name].default
 
 
 def add_args(parser):
@@ -34,34 +30,10 @@ def add_args(parser):
                                                      "(default: found next to the particle file)")
     parser.add_argument("--box", type=int, default=None,
                         help="training box in pixels, even; particles are Fourier cropped to it "
-                             "(default: the particle box, or 64 if it is larger)")
-    parser.add_argument("--epochs", type=float, default=None, help="passes over the data set")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="time budget of the training, minutes (default 30 when --epochs is absent)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
-    parser.add_argument("--lr-encoder", type=float, default=1e-3, help="encoder learning rate (default 1e-3)")
-    parser.add_argument("--lr-decoder", type=float, default=1e-3, help="FourierNet learning rate (default 1e-3)")
-    parser.add_argument("--no-symmetric-loss", action="store_true",
-                        help="plain L2 loss instead of the symmetrized loss (paper ablation)")
-    parser.add_argument("--no-bootstrap", action="store_true",
-                        help="skip the pose-search bootstrap: pure amortized training from the start")
-    parser.add_argument("--amortized-poses", choices=AMORTIZED_POSES, default=_default("amortized_poses"),
-                        help="poses of the amortized phase: 'refined' (encoder pose refined against the map, "
-                             "with a global search every few steps) or 'encoder' (the paper) "
-                             f"(default {_default('amortized_poses')})")
-    parser.add_argument("--search-max-shift-fraction", type=float, default=_default("search_max_shift_fraction"),
-                        help="particles are searched up to this fraction of the box off centre, per axis "
-                             f"(default {_default('search_max_shift_fraction')})")
-    parser.add_argument("--mask-radius-angstrom", type=float, default=None,
-                        help="radius of the circular mask applied to the particles, Å (default: 90%% of half the box)")
-    parser.add_argument("--invert-contrast", action="store_true",
-                        help="invert the images (use when particles are dark on a bright background)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+                             f"(default: the particle box, or {DEFAULT_MAX_BOX} if it is larger)")
+    config_flags.add_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    parser.add_argument("--num-workers", type=int, default=0, help="image-reading processes (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    parser.add_argument("--checkpoint-minutes", type=float, default=5.0,
-                        help="minutes between checkpoints (default 5)")
     parser.add_argument("--resume", action="store_true", help="continue the run stored in OUTDIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -87,9 +59,6 @@ def resolve_device(name: str):
 RUN_OUTPUTS = ("checkpoint.pt", "metrics.csv", "volume.mrc", "particles.star", "config.yaml", "run.log")
 """Files whose presence marks a folder as holding a run."""
 
-MIN_MASK_RADIUS_PX = 4.0
-"""A mask radius below this (training pixels) leaves too little of the particle to reconstruct."""
-
 
 def check_outdir(outdir: str, resume: bool) -> None:
     """A new run needs a folder free of earlier outputs; ``--resume`` needs the earlier checkpoint."""
@@ -108,34 +77,31 @@ def check_outdir(outdir: str, resume: bool) -> None:
                            "or remove them")
 
 
+def config_values(args) -> dict:
+    """The config settings of the options (flat names), with the default budget when none is given."""
+    values = config_flags.values_from_args(args)
+    if values["epochs"] is None and values["max_minutes"] is None:
+        values["max_minutes"] = DEFAULT_MAX_MINUTES
+    return values
+
+
 def check_options(args) -> None:
-    """Every option's own range (no file is read)."""
-    check_number("--epochs", args.epochs, 0)
-    check_number("--max-minutes", args.max_minutes, 0)
-    check_number("--checkpoint-minutes", args.checkpoint_minutes, 0)
-    check_number("--mask-radius-angstrom", args.mask_radius_angstrom, 0)
-    check_number("--lr-encoder", args.lr_encoder, 0)
-    check_number("--lr-decoder", args.lr_decoder, 0)
-    check_number("--batch-size", args.batch_size, 2, strict=False)
-    check_number("--num-workers", args.num_workers, 0, strict=False)
+    """Every option's own range (no file is read): the config's own checks, then the other options."""
+    for name, value in config_flags.values_from_args(args).items():
+        if isinstance(value, float):
+            check_number(f"--{name.replace('_', '-')}", value)
+    errors = config_flags.check(**config_values(args))
+    if errors:
+        raise CommandError(errors[0])
     check_number("--threads", args.threads, 1, strict=False)
-    if not 0 <= args.seed < 2 ** 31:
-        raise CommandError(f"--seed must lie in [0, 2^31), got {args.seed}")
     if args.root is not None and not os.path.isdir(args.root):
         raise CommandError(f"--root {args.root}: not a folder")
 
 
 def build_config(args, table, device: str):
-    box = args.box or min(table.box, 64)
-    max_minutes = 30.0 if args.max_minutes is None and args.epochs is None else args.max_minutes
-    return TrainConfig(
-        box=box, pixel_size_angstrom=table.pixel_size_angstrom * table.box / box, input_box=table.box,
-        input_pixel_size_angstrom=table.pixel_size_angstrom, epochs=args.epochs, max_minutes=max_minutes,
-        batch_size=args.batch_size, lr_encoder=args.lr_encoder, lr_decoder=args.lr_decoder,
-        symmetric_loss=not args.no_symmetric_loss, bootstrap=not args.no_bootstrap,
-        mask_radius_angstrom=args.mask_radius_angstrom, invert_contrast=args.invert_contrast, seed=args.seed,
-        device=device, num_workers=args.num_workers, checkpoint_minutes=args.checkpoint_minutes,
-        amortized_poses=args.amortized_poses, search_max_shift_fraction=args.search_max_shift_fraction)
+    box = args.box or min(table.box, DEFAULT_MAX_BOX)
+    return build(box=box, pixel_size_angstrom=table.pixel_size_angstrom * table.box / box, input_box=table.box,
+                 input_pixel_size_angstrom=table.pixel_size_angstrom, device=device, **config_values(args))
 
 
 def validate_abinit(args) -> tuple:
@@ -155,16 +121,13 @@ def validate_abinit(args) -> tuple:
     if len(table) < MIN_PARTICLES:
         raise CommandError(f"{args.particles} holds {len(table)} particles; ab initio needs at least {MIN_PARTICLES}")
     check_ctf_parameters(table.ctf, args.particles)
-    if args.box is not None and (args.box % 2 or args.box < 16 or args.box > table.box):
-        raise CommandError(f"--box must be even, at least 16 and at most the particle box ({table.box}); "
+    if args.box is not None and (args.box % 2 or args.box < MIN_BOX or args.box > table.box):
+        raise CommandError(f"--box must be even, at least {MIN_BOX} and at most the particle box ({table.box}); "
                            f"got {args.box}")
-    config = build_config(args, table, device)
-    if config.mask_radius_angstrom is not None:
-        radius_px = config.mask_radius_angstrom / config.pixel_size_angstrom
-        if radius_px < MIN_MASK_RADIUS_PX:
-            raise CommandError(f"--mask-radius-angstrom {config.mask_radius_angstrom:g} is {radius_px:.2f} pixels of "
-                               f"{config.pixel_size_angstrom:.3g} Å on the training grid; the mask must be at least "
-                               f"{MIN_MASK_RADIUS_PX:g} pixels ({MIN_MASK_RADIUS_PX * config.pixel_size_angstrom:.3g} Å)")
+    try:
+        config = build_config(args, table, device)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     state = None
     if args.resume:
         state = read_checkpoint(os.path.join(args.outdir, CHECKPOINT_NAME))

@@ -7,7 +7,6 @@ pixels. Two fully connected heads read the features: a 6D rotation (two 3-vector
 columns by Gram-Schmidt, :func:`cryoai_core.rotations.sixd_to_matrix`) and a 2D shift in Å that is the
 RELION origin of the particle.
 """
-import dataclasses
 import math
 
 import torch
@@ -15,23 +14,7 @@ from torch import nn
 
 from cryoai_core.fourier import fft2_centered, ifft2_centered, radial_frequency_2d
 from cryoai_core.rotations import sixd_to_matrix
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderConfig:
-    """Architecture of the pose encoder."""
-
-    box: int
-    """Input image side in pixels (even, at least 16)."""
-    filter_sigmas_px: tuple = (0.0, 1.0, 2.0, 4.0)
-    """Standard deviations (pixels) of the Gaussian low-pass bank; 0 is the unfiltered image."""
-    base_channels: int = 32
-    """Channels of the first stage; doubled at each stage up to ``max_channels``."""
-    max_channels: int = 256
-    hidden_features: int = 256
-    """Width of the fully connected layers of the heads."""
-    max_shift_angstrom: float = 0.0
-    """If positive, shifts are bounded to ``±max_shift_angstrom`` by a tanh."""
+from cryoai_core.train.config import EncoderConfig
 
 
 class GaussianBank(nn.Module):
@@ -56,16 +39,23 @@ def _stage(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class PoseEncoder(nn.Module):
-    """Images ``(B, L, L)`` -> rotations ``(B, 3, 3)`` (RELION A) and origins ``(B, 2)`` in Å."""
+    """Images ``(B, L, L)`` -> rotations ``(B, 3, 3)`` (RELION A) and origins ``(B, 2)`` in Å.
 
-    def __init__(self, config: EncoderConfig):
+    Args:
+        config: the architecture (:class:`~cryoai_core.train.config.EncoderConfig`).
+        box: input image side in pixels (even, at least 16).
+        max_shift_angstrom: if positive, origins are bounded to ``±max_shift_angstrom`` by a tanh.
+    """
+
+    def __init__(self, config: EncoderConfig, box: int, max_shift_angstrom: float = 0.0):
         super().__init__()
-        if config.box < 16 or config.box % 2:
-            raise ValueError(f"the encoder needs an even box of at least 16 pixels, got {config.box}")
+        if box < 16 or box % 2:
+            raise ValueError(f"the encoder needs an even box of at least 16 pixels, got {box}")
         self.config = config
-        self.bank = GaussianBank(config.box, config.filter_sigmas_px)
-        stages, channels, size = [], len(config.filter_sigmas_px), config.box
-        width = config.base_channels
+        self.max_shift_angstrom = float(max_shift_angstrom)
+        self.bank = GaussianBank(box, config.filter_sigmas_px)
+        stages, channels, size = [], len(config.filter_sigmas_px), box
+        width = config.channels(box)
         while size > 4 and size % 2 == 0:
             stages.append(_stage(channels, width))
             channels, size = width, size // 2
@@ -93,6 +83,6 @@ class PoseEncoder(nn.Module):
         latent = self.trunk(self.features(self.normalize(images)))
         sixd = self.rotation_head(latent)
         origins = self.shift_head(latent)
-        if self.config.max_shift_angstrom > 0:
-            origins = self.config.max_shift_angstrom * torch.tanh(origins / self.config.max_shift_angstrom)
+        if self.max_shift_angstrom > 0:
+            origins = self.max_shift_angstrom * torch.tanh(origins / self.max_shift_angstrom)
         return sixd_to_matrix(sixd), origins, sixd

@@ -13,6 +13,7 @@ from torch import nn
 
 from cryoai_core.fourier import frequency_grid_3d, ifft3_centered
 from cryoai_core.models.siren import Siren
+from cryoai_core.train.config import FourierNetConfig
 
 
 def negative_half_space(coords: torch.Tensor) -> torch.Tensor:
@@ -25,18 +26,16 @@ class FourierNet(nn.Module):
     """Implicit Fourier-space map.
 
     Args:
-        hidden_features: width of both SIRENs.
-        modulant_layers: hidden sine layers of ``M`` after its first layer.
-        envelope_layers: hidden sine layers of ``E`` after its first layer.
-        modulant_omega_0: first-layer frequency factor of ``M``.
-        envelope_omega_0: first-layer frequency factor of ``E``.
+        config: widths, depths (hidden sine layers after the first layer of ``M`` and ``E``) and first-layer
+            frequency factors (:class:`~cryoai_core.train.config.FourierNetConfig`).
+        box: the training box, which picks the width when ``config.width`` is 0.
     """
 
-    def __init__(self, hidden_features: int = 128, modulant_layers: int = 3, envelope_layers: int = 2,
-                 modulant_omega_0: float = 40.0, envelope_omega_0: float = 30.0):
+    def __init__(self, config: FourierNetConfig, box: int):
         super().__init__()
-        self.modulant = Siren(3, hidden_features, modulant_layers, 2, first_omega_0=modulant_omega_0)
-        self.envelope = Siren(3, hidden_features, envelope_layers, 2, first_omega_0=envelope_omega_0)
+        width = config.hidden_features(box)
+        self.modulant = Siren(3, width, config.modulant_layers, 2, first_omega_0=config.modulant_omega_0)
+        self.envelope = Siren(3, width, config.envelope_layers, 2, first_omega_0=config.envelope_omega_0)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """Complex values ``(...,)`` at coordinates ``(..., 3)`` (cycles/px, within ``[-0.5, 0.5]``)."""

@@ -12,7 +12,7 @@ import torch
 from cryoai_core import __version__
 from cryoai_core.errors import InputError
 from cryoai_core.io.atomic import atomic_path
-from cryoai_core.train.config import TrainConfig
+from cryoai_core.train.config import TrainConfig, replace
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +66,12 @@ def read_checkpoint(path: str) -> dict:
 
 
 def config_from_checkpoint(state: dict, **overrides) -> TrainConfig:
-    """The run's :class:`TrainConfig`, with ``overrides`` (e.g. another device)."""
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    values = {key: value for key, value in state["config"].items() if key in fields}
-    values.update({key: value for key, value in overrides.items() if value is not None})
+    """The run's :class:`TrainConfig`, with ``overrides`` by flat setting name (e.g. ``device``); ``None``
+    values are ignored."""
     try:
-        return TrainConfig(**values)
-    except TypeError as error:
+        config = TrainConfig.from_dict(state["config"])
+        return replace(config, **{key: value for key, value in overrides.items() if value is not None})
+    except (TypeError, ValueError) as error:
         raise InputError(f"the checkpoint's configuration does not fit this version of cryoAI: {error}") from None
 
 

@@ -6,16 +6,17 @@ Two phases share the same networks:
   minutes leave the poses near random): for the images of the current batch, a global search over a
   quasi-uniform rotation grid x a small translation grid against a cached copy of the current
   FourierNet gives poses; FourierNet takes a step on them and the encoder is taught to predict them
-  (squared Frobenius + shift errors). Cost per step depends on the batch
-  only. It ends when the encoder agrees with the search (median angle below a threshold) or after a
-  fraction of the budget.
+  (squared Frobenius + shift errors). Cost per step depends on the batch only. It ends when the encoder
+  agrees with the search (median angle below a threshold, once the loss radius has reached
+  ``config.bootstrap_exit_radius_px``) or after a fraction of the budget.
 * **amortized**, ``amortized_poses="encoder"`` (the paper): the encoder's poses go straight into the
   decoder and both train end to end with the symmetrized loss (eq. 10) or plain L2.
 * **amortized**, ``amortized_poses="refined"`` (keeps what the search found): the encoder proposes, a
   local refinement around its pose (27 rotations x 9 shifts, a few rounds) and, every few steps, the
   global search give the pose that the decoder trains on and that the encoder learns, as in the bootstrap.
 
-Coarse-to-fine frequency marching limits the loss to a Fourier radius that grows with training.
+Coarse-to-fine frequency marching limits the loss to a Fourier radius that grows with training. Every
+setting and tuning constant comes from :class:`~cryoai_core.train.config.TrainConfig`.
 """
 import dataclasses
 import logging
@@ -25,7 +26,7 @@ import torch
 
 from cryoai_core.ctf import CTFParams, compute_ctf
 from cryoai_core.fourier import fft2_centered, rotate_180_in_plane
-from cryoai_core.models.encoder import EncoderConfig, PoseEncoder
+from cryoai_core.models.encoder import PoseEncoder
 from cryoai_core.models.forward_model import HalfDisk, render
 from cryoai_core.models.fouriernet import FourierNet
 from cryoai_core.pose_search import PoseSearch, network_grid
@@ -35,13 +36,6 @@ from cryoai_core.train.loss import symmetrized_loss, weighted_distances
 
 logger = logging.getLogger(__name__)
 
-GRID_REFRESH_STEPS = 10
-"""Steps between refreshes of the cached FourierNet grid used by the bootstrap search."""
-AGREEMENT_MOMENTUM = 0.9
-SHIFT_LOSS_WEIGHT = 0.05
-"""Weight of the squared shift error (pixels²) against the squared Frobenius error in the bootstrap."""
-
-
 @dataclasses.dataclass
 class StepResult:
     loss: float
@@ -50,7 +44,7 @@ class StepResult:
     agreement_degrees: float = float("nan")
 
 
-def soft_circular_mask(box: int, radius_px: float, width_px: float = 2.0, device=None) -> torch.Tensor:
+def soft_circular_mask(box: int, radius_px: float, width_px: float, device=None) -> torch.Tensor:
     """``(box, box)`` mask, 1 inside ``radius_px`` of the centre ``(box//2, box//2)``, cosine edge."""
     coords = torch.arange(box, dtype=torch.float32, device=device) - box // 2
     radius = torch.sqrt(coords[None, :] ** 2 + coords[:, None] ** 2)
@@ -68,16 +62,14 @@ class CryoAILearner(torch.nn.Module):
     def __init__(self, config: TrainConfig):
         super().__init__()
         self.config = config
-        self.encoder = PoseEncoder(EncoderConfig(
-            box=config.box, base_channels=config.encoder_channels,
-            max_shift_angstrom=config.max_shift_px * config.pixel_size_angstrom))
-        self.decoder = FourierNet(hidden_features=config.fouriernet_width)
-        self.encoder_optimizer = torch.optim.Adam(self.encoder.parameters(), lr=config.lr_encoder, amsgrad=True)
-        self.decoder_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.lr_decoder, amsgrad=True)
-        radius = config.mask_radius_angstrom / config.pixel_size_angstrom if config.mask_radius_angstrom \
-            else 0.9 * config.box / 2
-        self.register_buffer("mask", soft_circular_mask(config.box, radius))
-        self.phase = "bootstrap" if config.bootstrap else "amortized"
+        self.encoder = PoseEncoder(config.encoder, config.box,
+                                   max_shift_angstrom=config.max_shift_px * config.pixel_size_angstrom)
+        self.decoder = FourierNet(config.fouriernet, config.box)
+        lr = config.optimizer
+        self.encoder_optimizer = torch.optim.Adam(self.encoder.parameters(), lr=lr.lr_encoder, amsgrad=True)
+        self.decoder_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=lr.lr_decoder, amsgrad=True)
+        self.register_buffer("mask", soft_circular_mask(config.box, config.mask_radius_px, config.mask.edge_width_px))
+        self.phase = "bootstrap" if config.bootstrap.enabled else "amortized"
         self.agreement_degrees = float("nan")
         self.steps = 0
         self._disks = {}
@@ -94,8 +86,8 @@ class CryoAILearner(torch.nn.Module):
 
     def radius_at(self, progress: float) -> float:
         """Loss radius (training pixels) at ``progress`` ∈ [0, 1] of the budget."""
-        start, end = self.config.start_radius_px, self.config.nyquist_radius_px
-        return start + (end - start) * min(1.0, progress / self.config.marching_fraction)
+        start, end = self.config.schedule.start_radius_px, self.config.nyquist_radius_px
+        return start + (end - start) * min(1.0, progress / self.config.schedule.marching_fraction)
 
     def spectra(self, images: torch.Tensor, disk: HalfDisk) -> torch.Tensor:
         """Masked images ``(B, L, L)`` -> their transforms on ``disk``, ``(B, N)``, scaled by ``1/L``."""
@@ -112,8 +104,8 @@ class CryoAILearner(torch.nn.Module):
         radius = self.radius_at(progress)
         disk = self.disk(radius)
         ctf = None if ctf_params is None else self.ctf_values(ctf_params, disk)
-        if self.phase == "bootstrap" and progress >= self.config.bootstrap_max_fraction:
-            self._end_bootstrap(f"bootstrap budget spent ({self.config.bootstrap_max_fraction:.0%})")
+        if self.phase == "bootstrap" and progress >= self.config.bootstrap.max_fraction:
+            self._end_bootstrap(f"bootstrap budget spent ({self.config.bootstrap.max_fraction:.0%})")
         if self.phase == "bootstrap":
             loss = self._bootstrap_step(images, ctf, disk, generator)
         elif self.config.amortized_poses == "refined":
@@ -127,7 +119,7 @@ class CryoAILearner(torch.nn.Module):
     def at_safe_point(self) -> bool:
         """True when a checkpoint taken now resumes exactly (the search grid is rebuilt at the next step)."""
         uses_grid = self.phase == "bootstrap" or self.config.amortized_poses == "refined"
-        return not uses_grid or self.steps % GRID_REFRESH_STEPS == 0
+        return not uses_grid or self.steps % self.config.search.grid_refresh_steps == 0
 
     def _end_bootstrap(self, reason: str) -> None:
         logger.info("step %d: switching to amortized training (%s)", self.steps, reason)
@@ -137,7 +129,7 @@ class CryoAILearner(torch.nn.Module):
     def _optimizer_step(self, optimizer, parameters, loss) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, self.config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(parameters, self.config.optimizer.grad_clip)
         optimizer.step()
 
     @property
@@ -145,21 +137,21 @@ class CryoAILearner(torch.nn.Module):
         """The pose search of this run (global grid and local refinement)."""
         if self._search is None:
             c = self.config
-            self._search = PoseSearch(num_rotations=c.search_rotations,
-                                      max_shift_px=c.search_max_shift_fraction * c.box,
-                                      shift_points=c.search_shift_points, coarse_radius_px=c.coarse_radius_px,
-                                      refine_steps=c.search_refine_steps)
+            self._search = PoseSearch(num_rotations=c.search.rotations,
+                                      max_shift_px=c.search.max_shift_fraction * c.box,
+                                      shift_points=c.search.shift_points, coarse_radius_px=c.coarse_radius_px,
+                                      refine_steps=c.search.refine_steps)
         return self._search
 
     def cached_map(self, disk: HalfDisk):
-        """FourierNet cached on a Fourier grid covering ``disk``: rebuilt every ``GRID_REFRESH_STEPS`` steps
-        and whenever the disk outgrows it."""
+        """FourierNet cached on a Fourier grid covering ``disk``: rebuilt every ``search.grid_refresh_steps``
+        steps and whenever the disk outgrows it."""
         radius = disk.radius_px.max().item()
-        stale = self.steps % GRID_REFRESH_STEPS == 0 and self._grid_step != self.steps
+        stale = self.steps % self.config.search.grid_refresh_steps == 0 and self._grid_step != self.steps
         if self._grid is None or stale or self._grid_radius < radius:
             was_training = self.decoder.training
             self.decoder.eval()
-            self._grid = network_grid(self.decoder, self.config.box, radius)
+            self._grid = network_grid(self.decoder, self.config.box, radius, self.config.search.grid_oversampling)
             self.decoder.train(was_training)
             self._grid_radius, self._grid_step = radius, self.steps
         return self._grid
@@ -168,13 +160,14 @@ class CryoAILearner(torch.nn.Module):
         targets = self.spectra(images, disk)
         found = self.search.search(self.cached_map(disk), targets, ctf, disk, generator)
         loss = self._train_on_poses(images, targets, ctf, disk, found.rotations, found.origins_px)
-        if self.agreement_degrees < self.config.bootstrap_agreement_degrees and disk.radius_px.max() >= 8:
+        if self.agreement_degrees < self.config.bootstrap.agreement_degrees \
+                and disk.radius_px.max() >= self.config.bootstrap_exit_radius_px:
             self._end_bootstrap(f"encoder agrees with the search within {self.agreement_degrees:.1f}°")
         return loss
 
     def _refined_step(self, images, ctf, disk, generator) -> float:
         """Amortized phase with the search kept in the loop: the encoder proposes, a local refinement around
-        its pose (and, every ``global_search_every`` steps, the global search) decides the pose that the
+        its pose (and, every ``search.global_every`` steps, the global search) decides the pose that the
         decoder trains on and the encoder learns."""
         config = self.config
         targets = self.spectra(images, disk)
@@ -182,9 +175,10 @@ class CryoAILearner(torch.nn.Module):
         encoded = self.encoder(images)[:2]
         proposed, proposed_origins = encoded[0].detach(), encoded[1].detach()
         found = self.search.refine(grid, targets, ctf, disk, proposed, proposed_origins / config.pixel_size_angstrom,
-                                   config.local_rotation_degrees, config.local_shift_px, config.search_refine_steps)
+                                   config.search.local_rotation_degrees, config.search.local_shift_px,
+                                   config.search.refine_steps)
         rotations, origins_px = found.rotations, found.origins_px
-        if self.steps % config.global_search_every == 0:
+        if self.steps % config.search.global_every == 0:
             searched = self.search.search(grid, targets, ctf, disk, generator)
             better = searched.distances < found.distances
             rotations = torch.where(better[:, None, None], searched.rotations, rotations)
@@ -203,12 +197,13 @@ class CryoAILearner(torch.nn.Module):
         encoded, origins_angstrom = self.encoder(images)[:2] if encoded is None else encoded
         rotation_error = ((encoded - rotations) ** 2).sum(dim=(-2, -1))
         shift_error = ((origins_angstrom / self.config.pixel_size_angstrom - origins_px) ** 2).sum(dim=-1)
-        encoder_loss = (rotation_error + SHIFT_LOSS_WEIGHT * shift_error).mean()
+        encoder_loss = (rotation_error + self.config.bootstrap.shift_loss_weight * shift_error).mean()
         self._optimizer_step(self.encoder_optimizer, self.encoder.parameters(), encoder_loss)
 
         median = torch.rad2deg(geodesic_angle(encoded.detach(), rotations)).median().item()
+        momentum = self.config.bootstrap.agreement_momentum
         self.agreement_degrees = median if math.isnan(self.agreement_degrees) else \
-            AGREEMENT_MOMENTUM * self.agreement_degrees + (1 - AGREEMENT_MOMENTUM) * median
+            momentum * self.agreement_degrees + (1 - momentum) * median
         return decoder_loss.item()
 
     def _amortized_step(self, images, ctf, disk) -> float:
@@ -228,7 +223,7 @@ class CryoAILearner(torch.nn.Module):
         self.decoder_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for network, optimizer in ((self.decoder, self.decoder_optimizer), (self.encoder, self.encoder_optimizer)):
-            torch.nn.utils.clip_grad_norm_(network.parameters(), self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), self.config.optimizer.grad_clip)
             optimizer.step()
         return loss.item()
 
@@ -272,7 +267,8 @@ class CryoAILearner(torch.nn.Module):
         ctf = None if ctf_params is None else self.ctf_values(ctf_params, disk)
         targets = self.spectra(images, disk)
         local = self.search.refine(grid, targets, ctf, disk, rotations, origins_angstrom / config.pixel_size_angstrom,
-                                   config.local_rotation_degrees, config.local_shift_px, config.search_refine_steps)
+                                   config.search.local_rotation_degrees, config.search.local_shift_px,
+                                   config.search.refine_steps)
         searched = self.search.search(grid, targets, ctf, disk, generator)
         better = searched.distances < local.distances
         rotations = torch.where(better[:, None, None], searched.rotations, local.rotations)

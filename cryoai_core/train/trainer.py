@@ -39,8 +39,9 @@ class Trainer:
         normalization: ``(mean, std)`` of the images; images are divided by ``std``.
         progress_bar: show a tqdm bar (on a terminal only; plain progress lines go to stdout always).
 
-    The first checkpoint is written after ``config.first_checkpoint_steps`` steps or
-    ``config.first_checkpoint_minutes``, whichever comes first, then every ``config.checkpoint_minutes``.
+    The first checkpoint is written after ``config.schedule.first_checkpoint_steps`` steps or
+    ``config.schedule.first_checkpoint_minutes``, whichever comes first, then every
+    ``config.schedule.checkpoint_minutes``.
     """
 
     def __init__(self, learner: CryoAILearner, dataset: ParticleDataset, outdir: str, normalization: tuple,
@@ -61,7 +62,7 @@ class Trainer:
         self._start_step = 0
         self._checkpoints_written = 0
         self.metrics = MetricsLog(outdir)
-        self.lines = ProgressLines(self.config.epochs)
+        self.lines = ProgressLines(self.config.schedule.epochs)
 
     @property
     def checkpoint_path(self) -> str:
@@ -83,16 +84,16 @@ class Trainer:
     def progress(self) -> float:
         """Fraction of the budget spent, in [0, 1]."""
         fractions = []
-        if self.config.epochs is not None:
-            fractions.append(self.counters["images_seen"] / (self.config.epochs * len(self.dataset)))
-        if self.config.max_minutes is not None:
-            fractions.append(self.counters["elapsed_s"] / (60.0 * self.config.max_minutes))
+        if self.config.schedule.epochs is not None:
+            fractions.append(self.counters["images_seen"] / (self.config.schedule.epochs * len(self.dataset)))
+        if self.config.schedule.max_minutes is not None:
+            fractions.append(self.counters["elapsed_s"] / (60.0 * self.config.schedule.max_minutes))
         return min(1.0, max(fractions))
 
     def _epoch_batches(self, epoch: int) -> list:
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(
             self.config.seed * 100003 + epoch)).tolist()
-        size = self.config.batch_size
+        size = self.config.schedule.batch_size
         batches = [sorted(order[start:start + size]) for start in range(0, len(order), size)]
         return [batch for batch in batches if len(batch) >= 2]
 
@@ -114,11 +115,12 @@ class Trainer:
 
     def _checkpoint_due(self, started: float) -> bool:
         now = time.monotonic()
+        schedule = self.config.schedule
         if self._checkpoints_written == 0:
             steps = self.learner.steps - self._start_step
-            if steps >= self.config.first_checkpoint_steps or now - started >= 60.0 * self.config.first_checkpoint_minutes:
+            if steps >= schedule.first_checkpoint_steps or now - started >= 60.0 * schedule.first_checkpoint_minutes:
                 return True
-        return now - self._last_checkpoint > 60.0 * self.config.checkpoint_minutes
+        return now - self._last_checkpoint > 60.0 * schedule.checkpoint_minutes
 
     def _metrics_row(self, result, images_per_s: float) -> dict:
         return {"step": self.learner.steps, "epoch": self.counters["epoch"], "phase": result.phase,
@@ -182,7 +184,7 @@ class Trainer:
                 self.counters["images_seen"] += len(images)
                 self.counters["elapsed_s"] = time.monotonic() - clock
                 window_images += len(images)
-                if self.learner.steps % self.config.log_every == 0:
+                if self.learner.steps % self.config.schedule.log_every == 0:
                     now = time.monotonic()
                     self._write_metrics(self._metrics_row(result, window_images / max(now - window_start, 1e-9)))
                     window_start, window_images = now, 0

@@ -10,10 +10,13 @@ from pwem.objects import SetOfParticles, Volume
 from pwem.protocols import ProtInitialVolume
 from pyworkflow.constants import BETA
 
+from cryoai_core.train import config_flags
+from cryoai_core.train.config import DEFAULT_MAX_BOX, MIN_BOX
 from cryoai_scipion.constants import FEW_PARTICLES, MIN_PARTICLES, TRAIN_DIR
 from cryoai_scipion.protocols.protocol_base import CryoAIProtBase
 
-MIN_TRAINING_BOX = 16
+CORE_DEFAULTS = config_flags.defaults()
+"""Defaults of the ``cryoai abinit`` settings, from ``cryoai_core.train.config`` (which imports no torch)."""
 
 RESERVED_OPTIONS = ("-o", "--outdir", "--resume", "--device", "--gpus")
 """Options the protocol sets itself; they may not appear in the extra arguments."""
@@ -42,10 +45,11 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
                       label="Input particles",
                       help="Particles with a CTF per particle (from CTF estimation before extraction). "
                            "Their box must be even. Any previous alignment is ignored.")
-        form.addParam("invertContrast", params.BooleanParam, default=False, label="Invert contrast?",
+        form.addParam("invertContrast", params.BooleanParam, default=CORE_DEFAULTS["invert_contrast"],
+                      label="Invert contrast?",
                       help="cryoAI expects white particles on a dark background, as extracted by RELION and "
                            "most Scipion protocols. Choose Yes if your particles are dark.")
-        form.addParam("trainingBox", params.IntParam, default=64, label="Training box (px)",
+        form.addParam("trainingBox", params.IntParam, default=DEFAULT_MAX_BOX, label="Training box (px)",
                       help="The particles are Fourier-cropped to this box for training, which sets the "
                            "speed and the best attainable resolution (Nyquist of the cropped images). "
                            "Must be even. If it is larger than the particle box, the particle box is used. "
@@ -59,28 +63,33 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
         form.addParam("maxMinutes", params.FloatParam, default=0, label="Time budget (minutes)",
                       help="Stop training after this many minutes, whatever the epoch. 0: no limit. Training "
                            "stops at whichever limit comes first.")
-        form.addParam("batchSize", params.IntParam, default=128, label="Batch size",
+        form.addParam("batchSize", params.IntParam, default=CORE_DEFAULTS["batch_size"], label="Batch size",
                       help="Particles per optimisation step. Larger batches use more GPU memory.")
-        form.addParam("seed", params.IntParam, default=0, label="Random seed",
+        form.addParam("seed", params.IntParam, default=CORE_DEFAULTS["seed"], label="Random seed",
                       help="Seed of the network initialisation and of the particle order, for "
                            "reproducible runs.")
-        form.addParam("lrEncoder", params.FloatParam, default=1e-3, expertLevel=params.LEVEL_ADVANCED,
+        form.addParam("lrEncoder", params.FloatParam, default=CORE_DEFAULTS["lr_encoder"],
+                      expertLevel=params.LEVEL_ADVANCED,
                       label="Encoder learning rate",
                       help="Learning rate of the pose encoder (Adam).")
-        form.addParam("lrDecoder", params.FloatParam, default=1e-3, expertLevel=params.LEVEL_ADVANCED,
+        form.addParam("lrDecoder", params.FloatParam, default=CORE_DEFAULTS["lr_decoder"],
+                      expertLevel=params.LEVEL_ADVANCED,
                       label="Map learning rate",
                       help="Learning rate of the neural map representation (Adam).")
-        form.addParam("symmetricLoss", params.BooleanParam, default=True, expertLevel=params.LEVEL_ADVANCED,
+        form.addParam("symmetricLoss", params.BooleanParam, default=CORE_DEFAULTS["symmetric_loss"],
+                      expertLevel=params.LEVEL_ADVANCED,
                       label="Symmetrized loss?",
                       help="Compare each particle also with its 180° in-plane rotation and keep the better "
                            "match. This avoids the encoder's main failure mode and is recommended; "
                            "it doubles the cost of the loss.")
-        form.addParam("poseBootstrap", params.BooleanParam, default=True, expertLevel=params.LEVEL_ADVANCED,
+        form.addParam("poseBootstrap", params.BooleanParam, default=CORE_DEFAULTS["bootstrap"],
+                      expertLevel=params.LEVEL_ADVANCED,
                       label="Pose-search bootstrap?",
                       help="Start with a short search of orientations against the current map to guide the "
                            "encoder, then continue with amortized inference only. No: amortized inference "
                            "from the start.")
-        form.addParam("numWorkers", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
+        form.addParam("numWorkers", params.IntParam, default=CORE_DEFAULTS["num_workers"],
+                      expertLevel=params.LEVEL_ADVANCED,
                       label="Data loading workers",
                       help="Processes reading particles in the background (0: read in the training "
                            "process).")
@@ -154,6 +163,24 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
             args.append("--no-bootstrap")
         return args + shlex.split(self.extraParams.get() or "")
 
+    def _coreSettings(self) -> dict:
+        """The form's values as ``cryoai abinit`` settings (flat names of ``cryoai_core.train.config``)."""
+        return {"epochs": self.numEpochs.get() or None, "max_minutes": self.maxMinutes.get() or None,
+                "batch_size": self.batchSize.get(), "seed": self.seed.get(), "lr_encoder": self.lrEncoder.get(),
+                "lr_decoder": self.lrDecoder.get(), "num_workers": self.numWorkers.get(),
+                "symmetric_loss": bool(self.symmetricLoss.get()), "bootstrap": bool(self.poseBootstrap.get()),
+                "invert_contrast": bool(self.invertContrast.get())}
+
+    def _coreErrors(self) -> list:
+        """The core's own checks of the settings (a budget is checked above, with the form's words)."""
+        settings = self._coreSettings()
+        if settings["epochs"] is None and settings["max_minutes"] is None:
+            settings["epochs"] = 1
+        try:
+            return config_flags.check(**settings)
+        except (TypeError, ValueError) as error:
+            return [str(error)]
+
     def readMetrics(self) -> list:
         """Rows of the core's ``metrics.csv`` (step, epoch, loss, images_per_s, elapsed_s, ...) as dicts;
         numbers are floats, other values (e.g. the training phase) strings."""
@@ -172,18 +199,11 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
             errors.append(f"Only {particles.getSize()} particles: cryoAI needs at least {MIN_PARTICLES} "
                           f"(and many thousands for a good map).")
         box = self.trainingBox.get()
-        if box is None or box < MIN_TRAINING_BOX or box % 2:
-            errors.append(f"The training box must be even and at least {MIN_TRAINING_BOX} px, got {box}.")
+        if box is None or box < MIN_BOX or box % 2:
+            errors.append(f"The training box must be even and at least {MIN_BOX} px, got {box}.")
         if self.numEpochs.get() <= 0 and self.maxMinutes.get() <= 0:
             errors.append("Set a number of epochs, a time budget, or both: training needs a limit.")
-        if self.numEpochs.get() < 0 or self.maxMinutes.get() < 0:
-            errors.append("Epochs and time budget cannot be negative.")
-        if self.batchSize.get() < 1:
-            errors.append("The batch size must be at least 1.")
-        if self.lrEncoder.get() <= 0 or self.lrDecoder.get() <= 0:
-            errors.append("Learning rates must be positive.")
-        if self.numWorkers.get() < 0:
-            errors.append("The number of data loading workers cannot be negative.")
+        errors += self._coreErrors()
         if particles is not None and particles.getSize() and self.maskRadiusA.get() > 0:
             halfBoxA = particles.getXDim() * particles.getSamplingRate() / 2
             if self.maskRadiusA.get() > halfBoxA:

@@ -255,6 +255,23 @@ class TestCryoAIProtocols(BaseTest):
         self.assertEqual(chosen.endTime.get(), max(run.endTime.get() for run in finished))
         self.assertIs(self.newProtocol(CryoAIProtPredictPoses, abinitioRun=None).abinitioRun.get(), None)
 
+    def test_form_defaults_and_checks_are_the_cores(self):
+        from cryoai_core.train import config_flags
+        from cryoai_core.train.config import DEFAULT_MAX_BOX
+        defaults = config_flags.defaults()
+        protocol = self.newProtocol(CryoAIProtAbinitio)
+        self.assertEqual(protocol.trainingBox.get(), DEFAULT_MAX_BOX)
+        for param, name in (("batchSize", "batch_size"), ("seed", "seed"), ("lrEncoder", "lr_encoder"),
+                            ("lrDecoder", "lr_decoder"), ("numWorkers", "num_workers"),
+                            ("symmetricLoss", "symmetric_loss"), ("poseBootstrap", "bootstrap"),
+                            ("invertContrast", "invert_contrast")):
+            self.assertEqual(getattr(protocol, param).get(), defaults[name], param)
+        with mock.patch.object(Plugin, "getDeviceReport", return_value={"cuda": True, "gpus": 1}):
+            batchOfOne = self._abinitioOn(self.trainParticles, batchSize=1, useGpu=True, gpuList="0")
+            self.assertIn("--batch-size must be at least 2", " ".join(batchOfOne.validate()))
+            rate = self._abinitioOn(self.trainParticles, lrEncoder=1.5, useGpu=True, gpuList="0")
+            self.assertIn("--lr-encoder must be in (0, 1)", " ".join(rate.validate()))
+
     def test_predict_validation(self):
         predict = self.newProtocol(CryoAIProtPredictPoses, useGpu=False)
         unfinished = self.newProtocol(CryoAIProtAbinitio)
