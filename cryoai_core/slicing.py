@@ -24,7 +24,7 @@ def central_slice_coords(rotations: torch.Tensor, freqs_2d: torch.Tensor) -> tor
     return plane.unsqueeze(0) @ rotations
 
 
-def _trilinear_apodization(box: int, padded_box: int, dtype, device) -> torch.Tensor:
+def trilinear_apodization(box: int, padded_box: int, dtype, device) -> torch.Tensor:
     """Real-space weight ``sinc²(x/M) sinc²(y/M) sinc²(z/M)`` that trilinear Fourier interpolation imposes."""
     x = (torch.arange(box, dtype=dtype, device=device) - box // 2) / padded_box
     weight = torch.sinc(x) ** 2
@@ -89,7 +89,7 @@ class VoxelFourierVolume:
         box = volume.shape[-1]
         padded = box * oversampling
         work = volume.to(torch.float64)
-        work = work / _trilinear_apodization(box, padded, work.dtype, work.device)
+        work = work / trilinear_apodization(box, padded, work.dtype, work.device)
         spectrum = fft3_centered(crop_or_pad_real(work, padded, 3))
         self.grid = FourierGrid(spectrum, spacing=1.0 / (padded * voxel_size_angstrom))
         self.box = box

@@ -1,4 +1,5 @@
 """`cryoai abinit` / `cryoai predict-poses` end to end on a tiny simulated set, and their input checks."""
+import json
 import os
 
 import mrcfile
@@ -32,8 +33,15 @@ def trained(simulated, tmp_path_factory):
 
 def test_abinit_reconstructs_far_beyond_random_poses(simulated, trained):
     for name in ("volume.mrc", "particles.star", "checkpoint.pt", "config.yaml", "metrics.csv", "run.log",
-                 "loss.png", "poses.png", "slices.png"):
+                 "loss.png", "poses.png", "slices.png", "half1.mrc", "half2.mrc", "volume_backprojected.mrc",
+                 "fsc_halves.png", "resolution.json"):
         assert os.path.getsize(os.path.join(trained, name)) > 0, name
+    with open(os.path.join(trained, "resolution.json")) as handle:
+        resolution = json.load(handle)
+    assert sum(resolution["particles_per_half"]) == 1000 and resolution["fsc_threshold"] == 0.143
+    assert 2 * 6.0 <= resolution["resolution_angstrom"] < 16 * 6.0
+    with open(os.path.join(trained, "run.log")) as handle:
+        assert "gold-standard resolution" in handle.read()
     with mrcfile.open(os.path.join(trained, "volume.mrc")) as handle:
         assert handle.data.shape == (16, 16, 16)
         assert handle.voxel_size.x == pytest.approx(6.0)

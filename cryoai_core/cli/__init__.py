@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "evaluate": "cryoai_core.cli.evaluate",
     "abinit": "cryoai_core.cli.abinit",
     "predict-poses": "cryoai_core.cli.predict_poses",
+    "backproject": "cryoai_core.cli.backproject",
     "demo": "cryoai_core.cli.demo",
     "check-device": "cryoai_core.cli.check_device",
 }

@@ -2,7 +2,9 @@
 
 Reads a RELION 3.0/3.1 star (or a cryoSPARC .cs) with CTF parameters, trains the pose encoder and
 FourierNet, and writes OUTDIR/volume.mrc (input box and pixel size), OUTDIR/particles.star (every
-particle with its predicted pose, RELION convention, ready for refinement), OUTDIR/checkpoint.pt,
+particle with its predicted pose, RELION convention, ready for refinement), half maps of a random 50/50
+split backprojected with those poses (OUTDIR/half1.mrc, half2.mrc, volume_backprojected.mrc,
+fsc_halves.png and the FSC=0.143 resolution in resolution.json; --no-half-maps skips them), OUTDIR/checkpoint.pt,
 OUTDIR/config.yaml, OUTDIR/metrics.csv, OUTDIR/run.log and pictures (loss.png, poses.png, slices.png).
 A stopped run (Ctrl-C, SIGTERM, time limit of a queue) keeps its checkpoint: add --resume to continue.
 
@@ -32,6 +34,8 @@ def add_args(parser):
                         help="training box in pixels, even; particles are Fourier cropped to it "
                              f"(default: the particle box, or {DEFAULT_MAX_BOX} if it is larger)")
     config_flags.add_arguments(parser)
+    parser.add_argument("--no-half-maps", action="store_true",
+                        help="skip the half maps and gold-standard resolution computed after training")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--resume", action="store_true", help="continue the run stored in OUTDIR")
@@ -148,6 +152,22 @@ def add_log_file(outdir: str) -> logging.Handler:
     return handler
 
 
+def half_maps(particles_star: str, config, outdir: str, progress: bool = True) -> float:
+    """Backproject the particles of ``particles_star`` (the predicted poses) into half maps at the training
+    box, write them at the input box (:func:`cryoai_core.reconstruct.write_half_maps`); return the
+    gold-standard resolution in Å."""
+    from cryoai_core.io.dataset import ParticleDataset
+    from cryoai_core.io.star import read_star
+    from cryoai_core.reconstruct import reconstruct_half_maps, write_half_maps
+
+    table = read_star(particles_star)
+    dataset = ParticleDataset(table, box=config.box, invert_contrast=config.invert_contrast)
+    result = reconstruct_half_maps(dataset, table.euler_angles_degrees, table.origins_angstrom, seed=config.seed,
+                                   progress=progress)
+    write_half_maps(result, outdir, table.box, table.pixel_size_angstrom, config.seed)
+    return result.resolution_angstrom
+
+
 def main(args):
     import torch
 
@@ -189,10 +209,16 @@ def main(args):
             with DeferredInterrupts("the export") as deferred:
                 paths = write_outputs(learner, dataset, table, args.outdir, trainer.normalization[1],
                                       device=config.device, progress_bar=not args.no_progress)
+            resolution = None
+            if not args.no_half_maps:
+                resolution = half_maps(paths["particles"], config, args.outdir, progress=not args.no_progress)
         finally:
             logging.getLogger().removeHandler(handler)
             handler.close()
-    print(f"map: {paths['volume']}\nposes: {paths['particles']}\nrun folder: {args.outdir}")
+    print(f"map: {paths['volume']}\nposes: {paths['particles']}")
+    if resolution is not None:
+        print(f"half maps: FSC=0.143 resolution {resolution:.2f} Å (resolution.json, fsc_halves.png)")
+    print(f"run folder: {args.outdir}")
     if deferred.received:
         raise Interrupted(f"received {deferred.received} during the export; the export was finished first, "
                           "so the outputs are complete")

@@ -1,0 +1,275 @@
+"""Direct Fourier inversion: a map from particle images with known poses (no network), and gold-standard
+half maps with their FSC resolution.
+
+By the Fourier-slice theorem (:mod:`cryoai_core.slicing`) the centred transform of particle ``i``, its
+origin undone, is ``F_i(k) = c_i(k) V̂(A_iᵀ k) + noise`` with ``c_i`` its CTF (:mod:`cryoai_core.ctf`).
+Each image's transform, on its own ``L × L`` grid (where the CTF and the shift act, as in the forward
+model), is inserted into a 3D grid ``padding`` times finer (a map box ``padding · L``) with trilinear
+weights ``w``: ``N(g) = Σ w c_i F_i`` and ``W(g) = Σ w c_i²``. The Wiener estimate is
+``V̂(g) = N(g) / (W(g) + τ(|g|))``, inverse transformed, cropped to the box and divided by the trilinear
+apodization (gridding correction, :func:`cryoai_core.slicing.trilinear_apodization`).
+
+``τ = σ²/S(k)`` is the noise-to-signal power ratio per image. It is measured from the two half maps:
+with ``W̄`` the mean weight of a half map in a shell, ``FSC = S W̄ / (S W̄ + σ²)``, so
+``τ = W̄ (1 - FSC) / FSC`` (the same ratio serves the full map, whose ``W̄`` and FSC are both larger).
+Half maps are first reconstructed with the floor ``τ = TAU_FLOOR · W̄``, then again with the measured τ.
+
+Units: a map voxel is ``F / pixel_size`` in DFT terms, the inverse of :meth:`VoxelFourierVolume.project`
+on a common grid, so noise-free data reproduce the map they were projected from (band-limited to Nyquist).
+"""
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cryoai_core.ctf import CTFParams, compute_ctf
+from cryoai_core.evaluate.fsc import fsc_curve, resolution_at
+from cryoai_core.fourier import crop_or_pad_real, fft2_centered, frequency_grid_2d, frequency_grid_3d, \
+    ifft3_centered, translation_phase
+from cryoai_core.rotations import euler_to_matrix
+from cryoai_core.slicing import central_slice_coords, trilinear_apodization
+
+logger = logging.getLogger(__name__)
+
+PADDING = 2
+"""Fineness of the 3D Fourier grid relative to the images' (2 keeps trilinear insertion errors small)."""
+TAU_FLOOR = 1e-3
+"""Smallest Wiener constant, as a fraction of a shell's mean weight (keeps empty or rare voxels finite)."""
+FSC_FLOOR = 1e-3
+"""Half-map FSC below which a shell counts as noise when measuring τ (τ is then W̄ / FSC_FLOOR)."""
+HALF_MAP_THRESHOLD = 0.143
+"""FSC between independent half maps that defines the gold-standard resolution."""
+
+
+class FourierAccumulator:
+    """CTF-weighted sums of image transforms and of squared CTFs on a padded 3D Fourier grid.
+
+    Args:
+        box: image and map side ``L`` in pixels.
+        pixel_size_angstrom: pixel size of the images.
+        padding: padding factor; the grid has ``M = padding · L`` points a side.
+    """
+
+    def __init__(self, box: int, pixel_size_angstrom: float, padding: int = PADDING):
+        if box < 4 or box % 2:
+            raise ValueError(f"the box must be even and at least 4 pixels, got {box}")
+        if not pixel_size_angstrom > 0:
+            raise ValueError(f"the pixel size must be positive, got {pixel_size_angstrom}")
+        self.box = int(box)
+        self.pixel_size_angstrom = float(pixel_size_angstrom)
+        self.size = int(padding) * self.box
+        m = self.size
+        self.numerator = torch.zeros(2, m ** 3, dtype=torch.float64)
+        self.weight = torch.zeros(m ** 3, dtype=torch.float64)
+        offsets = frequency_grid_2d(self.box, 1.0 / self.box, dtype=torch.float64)
+        self._inside = (torch.linalg.vector_norm(offsets, dim=-1) <= self.box / 2).reshape(-1)
+        self._plane_index = offsets.reshape(-1, 2)[self._inside] * int(padding)
+        self._freqs_px = frequency_grid_2d(self.box, 1.0, dtype=torch.float64)
+        self._freqs_angstrom = frequency_grid_2d(self.box, self.pixel_size_angstrom, dtype=torch.float64)
+
+    def insert(self, images: torch.Tensor, rotations: torch.Tensor, origins_angstrom: torch.Tensor,
+               ctf: torch.Tensor | None) -> None:
+        """Add ``B`` images ``(B, L, L)`` with RELION matrices ``(B, 3, 3)``, origins ``(B, 2)`` Å and CTF
+        parameters ``(B, 8)`` (``None``: no CTF)."""
+        spectra = fft2_centered(images.to(torch.float64))
+        shifts_px = origins_angstrom.to(torch.float64) / self.pixel_size_angstrom
+        spectra = spectra * translation_phase(self._freqs_px, shifts_px)
+        if ctf is None:
+            ctf_values = torch.ones(spectra.shape, dtype=torch.float64)
+        else:
+            ctf_values = compute_ctf(self._freqs_angstrom, CTFParams.from_array(ctf.to(torch.float64)))
+        data = (spectra * ctf_values).reshape(len(images), -1)[:, self._inside]
+        weights = (ctf_values ** 2).reshape(len(images), -1)[:, self._inside]
+        coords = central_slice_coords(rotations.to(torch.float64), self._plane_index) + self.size // 2
+        self._splat(coords.reshape(-1, 3), data.reshape(-1), weights.reshape(-1))
+
+    def _splat(self, coords: torch.Tensor, data: torch.Tensor, weights: torch.Tensor) -> None:
+        m = self.size
+        base = torch.floor(coords)
+        fraction = coords - base
+        base = base.to(torch.int64)
+        for corner in range(8):
+            offset = torch.tensor([(corner >> 0) & 1, (corner >> 1) & 1, (corner >> 2) & 1])
+            index = base + offset
+            w = torch.where(offset.bool(), fraction, 1.0 - fraction).prod(dim=-1)
+            valid = ((index >= 0) & (index < m)).all(dim=-1)
+            flat = ((index[:, 2] * m + index[:, 1]) * m + index[:, 0])[valid]
+            w = w[valid]
+            self.numerator[0] += torch.bincount(flat, w * data.real[valid], minlength=m ** 3)
+            self.numerator[1] += torch.bincount(flat, w * data.imag[valid], minlength=m ** 3)
+            self.weight += torch.bincount(flat, w * weights[valid], minlength=m ** 3)
+
+    def shell_mean_weight(self) -> torch.Tensor:
+        """Mean weight ``W̄`` per shell of the map box ``(L // 2 + 1,)`` (shells one map Fourier pixel wide)."""
+        shells, inside = self._shells()
+        sums = torch.bincount(shells[inside], self.weight[inside], minlength=self.box // 2 + 1)
+        counts = torch.bincount(shells[inside], minlength=self.box // 2 + 1).clamp_min(1)
+        return sums / counts
+
+    def _shells(self) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.size
+        radius = torch.linalg.vector_norm(frequency_grid_3d(m, 1.0 / m, dtype=torch.float64), dim=-1)
+        shells = torch.round(radius.reshape(-1) * self.box / m).to(torch.int64)
+        return shells, shells <= self.box // 2
+
+    def volume(self, tau_per_shell: torch.Tensor) -> np.ndarray:
+        """The Wiener-filtered map ``(L, L, L)`` ``[z, y, x]`` for a Wiener constant per shell ``(L // 2 + 1,)``."""
+        m = self.size
+        shells, inside = self._shells()
+        tau = torch.zeros(m ** 3, dtype=torch.float64)
+        tau[inside] = tau_per_shell.to(torch.float64)[shells[inside]]
+        denominator = self.weight + tau
+        spectrum = torch.complex(self.numerator[0], self.numerator[1]) / denominator.clamp_min(1e-300)
+        spectrum = torch.where(inside & (denominator > 0), spectrum, torch.zeros_like(spectrum))
+        padded = ifft3_centered(spectrum.reshape(m, m, m)).real
+        volume = crop_or_pad_real(padded, self.box, 3)
+        volume = volume / trilinear_apodization(self.box, m, volume.dtype, volume.device)
+        return (volume / self.pixel_size_angstrom).numpy()
+
+    def merged(self, other: "FourierAccumulator") -> "FourierAccumulator":
+        """A new accumulator holding the sums of both."""
+        total = FourierAccumulator(self.box, self.pixel_size_angstrom, self.size // self.box)
+        total.numerator = self.numerator + other.numerator
+        total.weight = self.weight + other.weight
+        return total
+
+
+@dataclasses.dataclass(frozen=True)
+class HalfMapResult:
+    """Half maps, their FSC and the map of all particles.
+
+    Attributes:
+        half1, half2, full: ``(L, L, L)`` Wiener-filtered maps of each half and of every particle.
+        halves: ``(N,)`` int8, the half (1 or 2) of each particle.
+        frequencies: ``(L // 2 + 1,)`` shell frequencies in cycles per pixel.
+        fsc: ``(L // 2 + 1,)`` FSC between the half maps.
+        resolution_pixels: where that FSC falls below 0.143 (2.0 = Nyquist).
+        pixel_size_angstrom: pixel size of the maps.
+    """
+
+    half1: np.ndarray
+    half2: np.ndarray
+    full: np.ndarray
+    halves: np.ndarray
+    frequencies: np.ndarray
+    fsc: np.ndarray
+    resolution_pixels: float
+    pixel_size_angstrom: float
+
+    @property
+    def resolution_angstrom(self) -> float:
+        return self.resolution_pixels * self.pixel_size_angstrom
+
+
+def split_halves(count: int, seed: int) -> np.ndarray:
+    """``(count,)`` int8: a random 50/50 assignment of particles to half 1 or 2 (sizes differ by at most 1)."""
+    if count < 2:
+        raise ValueError(f"half maps need at least 2 particles, got {count}")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(int(seed))).numpy()
+    halves = np.ones(count, dtype=np.int8)
+    halves[order[count // 2:]] = 2
+    return halves
+
+
+def accumulate(dataset, euler_angles_degrees: np.ndarray, origins_angstrom: np.ndarray,
+               indices: np.ndarray, batch_size: int = 256, padding: int = PADDING,
+               progress: bool = False) -> FourierAccumulator:
+    """Insert the particles ``indices`` of a :class:`~cryoai_core.io.dataset.ParticleDataset` with the given
+    poses (``(N, 3)`` RELION Euler degrees, ``(N, 2)`` origins Å, rows of the whole data set)."""
+    accumulator = FourierAccumulator(dataset.box, dataset.pixel_size_angstrom, padding)
+    rotations = euler_to_matrix(np.asarray(euler_angles_degrees, dtype=np.float64))
+    origins = torch.as_tensor(np.asarray(origins_angstrom, dtype=np.float64))
+    starts = range(0, len(indices), batch_size)
+    for start in tqdm(starts, desc="backproject", unit="batch", disable=not progress):
+        chunk = np.asarray(indices[start:start + batch_size])
+        batch = dataset.__getitems__(chunk.tolist())
+        ctf = batch["ctf"] if "ctf" in batch else None
+        accumulator.insert(batch["image"], rotations[chunk], origins[chunk], ctf)
+    return accumulator
+
+
+def wiener_tau(fsc: np.ndarray, mean_weight: torch.Tensor) -> torch.Tensor:
+    """``τ = W̄ (1 - FSC) / FSC`` per shell from a half-map FSC and a half map's mean weight per shell,
+    floored at ``TAU_FLOOR · W̄``."""
+    fsc = torch.as_tensor(fsc, dtype=torch.float64).clamp(FSC_FLOOR, 1.0)
+    return torch.maximum(mean_weight * (1.0 - fsc) / fsc, TAU_FLOOR * mean_weight)
+
+
+def reconstruct_half_maps(dataset, euler_angles_degrees: np.ndarray, origins_angstrom: np.ndarray,
+                          seed: int = 0, batch_size: int = 256, padding: int = PADDING,
+                          progress: bool = False) -> HalfMapResult:
+    """Half maps on a random 50/50 split, their FSC and 0.143 resolution, and the map of all particles.
+
+    Args:
+        dataset: the particles (images at ``dataset.box``, CTF when the table has one).
+        euler_angles_degrees: ``(N, 3)`` RELION angles of every particle (e.g. the predicted poses).
+        origins_angstrom: ``(N, 2)`` RELION origins in Å.
+        seed: seed of the split.
+    """
+    count = len(dataset)
+    if len(euler_angles_degrees) != count or len(origins_angstrom) != count:
+        raise ValueError(f"{len(euler_angles_degrees)} poses for {count} particles")
+    halves = split_halves(count, seed)
+    first = accumulate(dataset, euler_angles_degrees, origins_angstrom, np.flatnonzero(halves == 1),
+                       batch_size, padding, progress)
+    second = accumulate(dataset, euler_angles_degrees, origins_angstrom, np.flatnonzero(halves == 2),
+                        batch_size, padding, progress)
+    mean_weight = 0.5 * (first.shell_mean_weight() + second.shell_mean_weight())
+    floor = TAU_FLOOR * mean_weight
+    frequencies, fsc_raw = fsc_curve(first.volume(floor), second.volume(floor))
+    tau = wiener_tau(fsc_raw, mean_weight)
+    half1, half2 = first.volume(tau), second.volume(tau)
+    frequencies, fsc = fsc_curve(half1, half2)
+    full = first.merged(second).volume(tau)
+    resolution = resolution_at(frequencies, fsc, HALF_MAP_THRESHOLD)
+    logger.info("half maps: %d + %d particles, FSC=%.3f resolution %.2f px (%.2f Å)", int((halves == 1).sum()),
+                int((halves == 2).sum()), HALF_MAP_THRESHOLD, resolution, resolution * dataset.pixel_size_angstrom)
+    return HalfMapResult(half1, half2, full, halves, frequencies, fsc, resolution, dataset.pixel_size_angstrom)
+
+
+HALF_MAP_FILES = {"half1": "half1.mrc", "half2": "half2.mrc", "volume_backprojected": "volume_backprojected.mrc",
+                  "fsc_halves_png": "fsc_halves.png", "resolution": "resolution.json"}
+"""Files written by :func:`write_half_maps` into a run folder."""
+
+
+def write_half_maps(result: HalfMapResult, outdir: str, output_box: int, output_pixel_size_angstrom: float,
+                    seed: int) -> dict:
+    """Write the half maps, the backprojected map of all particles (Fourier padded or cropped to
+    ``output_box`` at ``output_pixel_size_angstrom``), ``fsc_halves.png`` and ``resolution.json``.
+
+    Returns the written paths keyed as in :data:`HALF_MAP_FILES`.
+    """
+    import json
+    import os
+
+    from cryoai_core.fourier import resample_volume
+    from cryoai_core.io.atomic import atomic_open
+    from cryoai_core.io.mrc import write_mrc
+    from cryoai_core.plots import plot_fsc
+
+    paths = {name: os.path.join(outdir, file) for name, file in HALF_MAP_FILES.items()}
+    for name, volume in (("half1", result.half1), ("half2", result.half2), ("volume_backprojected", result.full)):
+        tensor = torch.from_numpy(np.asarray(volume, dtype=np.float64))
+        if output_box != tensor.shape[-1]:
+            tensor = resample_volume(tensor, output_box)
+        write_mrc(paths[name], tensor.numpy().astype(np.float32), output_pixel_size_angstrom)
+    plot_fsc(paths["fsc_halves_png"], {"half 1 vs half 2": (result.frequencies, result.fsc)},
+             result.pixel_size_angstrom, thresholds=(HALF_MAP_THRESHOLD,))
+    document = {
+        "fsc_threshold": HALF_MAP_THRESHOLD,
+        "resolution_angstrom": result.resolution_angstrom,
+        "resolution_pixels": result.resolution_pixels,
+        "pixel_size_angstrom": result.pixel_size_angstrom,
+        "particles_per_half": [int((result.halves == 1).sum()), int((result.halves == 2).sum())],
+        "split_seed": int(seed),
+        "method": "direct Fourier inversion with the CTF, Wiener-filtered, poses of particles.star",
+        "frequencies_per_angstrom": (np.asarray(result.frequencies) / result.pixel_size_angstrom).tolist(),
+        "fsc": np.asarray(result.fsc).tolist(),
+    }
+    with atomic_open(paths["resolution"]) as handle:
+        json.dump(document, handle, indent=1)
+    logger.info("gold-standard resolution (half maps, FSC=%.3f): %.2f Å", HALF_MAP_THRESHOLD,
+                result.resolution_angstrom)
+    return paths
