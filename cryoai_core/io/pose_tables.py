@@ -3,7 +3,7 @@
 Sources, chosen by extension:
 
 - ``.star`` (RELION 3.0/3.1 particle file, read without opening its images): Euler angles
-  ``rlnAngleRot/Tilt/Psi`` (RELION convention, :func:`cryoai_core.rotations.euler_to_matrix`), origins
+  ``rlnAngleRot/Tilt/Psi`` (RELION convention, :func:`cryoai_core.relion_euler.euler_to_matrix`), origins
   ``rlnOriginX/Y`` (px) or ``rlnOriginXAngst/YAngst`` (Å), the box ``rlnImageSize`` and the CTF columns.
 - ``.cs`` (cryoSPARC): ``alignments3D/pose`` and ``alignments3D/shift`` (see :mod:`cryoai_core.io.cryosparc`),
   the box ``blob/shape`` and the ``ctf/*`` fields.
@@ -141,7 +141,7 @@ def _extension(path: str) -> str:
 
 def _star_poses(path: str):
     from cryoai_core.io.star import ANGLE_COLUMNS, ORIGIN_PIXEL_COLUMNS, poses_from_columns, read_star_columns
-    from cryoai_core.rotations import euler_to_matrix
+    from cryoai_core.relion_euler import euler_to_matrix
 
     columns = read_star_columns(path)
     if not set(ANGLE_COLUMNS) <= set(columns.columns):
@@ -157,7 +157,7 @@ def _star_poses(path: str):
             raise ValueError(f"{path} gives origins in Å but no pixel size (rlnImagePixelSize)")
         angles, origins = poses_from_columns(columns, pixel_size)
         origins_px = origins / pixel_size
-    return euler_to_matrix(angles).numpy(), origins_px / box
+    return euler_to_matrix(angles), origins_px / box
 
 
 def _star_value(columns, names) -> float | None:
