@@ -152,19 +152,17 @@ def add_log_file(outdir: str) -> logging.Handler:
     return handler
 
 
-def half_maps(particles_star: str, config, outdir: str, progress: bool = True) -> float:
-    """Backproject the particles of ``particles_star`` (the predicted poses) into half maps at the training
-    box, write them at the input box (:func:`cryoai_core.reconstruct.write_half_maps`); return the
-    gold-standard resolution in Å."""
-    from cryoai_core.io.dataset import ParticleDataset
+def half_maps(dataset, particles_star: str, config, outdir: str, progress: bool = True) -> float:
+    """Backproject the training particles (``dataset``, no poses of its own) with the predicted poses of
+    ``particles_star`` into half maps at the training box, write them at the input box
+    (:func:`cryoai_core.reconstruct.write_half_maps`); return the gold-standard resolution in Å."""
     from cryoai_core.io.star import read_star
     from cryoai_core.reconstruct import reconstruct_half_maps, write_half_maps
 
-    table = read_star(particles_star)
-    dataset = ParticleDataset(table, box=config.box, invert_contrast=config.invert_contrast)
-    result = reconstruct_half_maps(dataset, table.euler_angles_degrees, table.origins_angstrom, seed=config.seed,
-                                   progress=progress)
-    write_half_maps(result, outdir, table.box, table.pixel_size_angstrom, config.seed)
+    predicted = read_star(particles_star)
+    result = reconstruct_half_maps(dataset, predicted.euler_angles_degrees, predicted.origins_angstrom,
+                                   seed=config.seed, progress=progress)
+    write_half_maps(result, outdir, predicted.box, predicted.pixel_size_angstrom, config.seed)
     return result.resolution_angstrom
 
 
@@ -211,7 +209,7 @@ def main(args):
                                       device=config.device, progress_bar=not args.no_progress)
             resolution = None
             if not args.no_half_maps:
-                resolution = half_maps(paths["particles"], config, args.outdir, progress=not args.no_progress)
+                resolution = half_maps(dataset, paths["particles"], config, args.outdir, progress=not args.no_progress)
         finally:
             logging.getLogger().removeHandler(handler)
             handler.close()
