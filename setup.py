@@ -30,6 +30,10 @@ SCIPION = [
     "numpy<2",
 ]
 TEST = ["pytest>=7"]
+BENCHMARKS = [
+    # atomic models -> density maps for the realistic benchmark suite (cryoai_core.atoms)
+    "gemmi>=0.6",
+]
 
 setup(
     name="scipion-em-cryoai",
@@ -45,7 +49,8 @@ setup(
         "cryoai_scipion": ["protocols.conf", "*.png"],
     },
     install_requires=CORE,
-    extras_require={"scipion": SCIPION, "test": TEST, "all": SCIPION + TEST},
+    extras_require={"scipion": SCIPION, "test": TEST, "benchmarks": BENCHMARKS,
+                    "all": SCIPION + TEST + BENCHMARKS},
     entry_points={
         "console_scripts": ["cryoai = cryoai_core.cli:main"],
         "pyworkflow.plugin": ["cryoai_scipion = cryoai_scipion"],
