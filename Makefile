@@ -8,7 +8,7 @@ BIN = $(VENV)/bin
 # CPU wheel (2.13.0+cpu) in its index. For a CPU-only build elsewhere:
 #   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
-DEMO_MINUTES ?= 5
+DEMO_EPOCHS ?= 6
 
 .PHONY: venv demo test test-core test-scipion clean
 
@@ -22,7 +22,7 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 demo: venv
-	$(BIN)/cryoai demo -o demo_output --minutes $(DEMO_MINUTES)
+	$(BIN)/cryoai demo -o demo_output --epochs $(DEMO_EPOCHS)
 
 test: test-core test-scipion
 
