@@ -11,7 +11,8 @@ named points: ``write:NAME`` (before a file named NAME is renamed into place), `
 - ``kill``: SIGKILL the own process;
 - ``raise``: raise ``RuntimeError`` (an unexpected error, i.e. a bug).
 
-Each pair fires once per process and value of ``CRYOAI_TEST_FAULT``.
+Each pair fires once per process and value of ``CRYOAI_TEST_FAULT`` (:func:`reset` re-arms them, for tests
+that run several commands in one process).
 """
 import errno
 import os
@@ -30,6 +31,11 @@ def _plan(text: str) -> list:
         point, _, action = item.rpartition(":")
         pairs.append((point, action))
     return pairs
+
+
+def reset() -> None:
+    """Re-arm every planned fault."""
+    _fired.clear()
 
 
 def hit(point: str) -> None:
