@@ -8,7 +8,7 @@ import torch
 from cryoai_core.io.dataset import ParticleDataset
 from cryoai_core.io.mrc import read_mrc
 from cryoai_core.simulate import SimulationConfig, simulate
-from cryoai_core.train.config import TrainConfig
+from cryoai_core.train.config import build
 from cryoai_core.train.learner import CryoAILearner
 from cryoai_core.train.progress import ProgressLines
 from cryoai_core.train.trainer import Trainer
@@ -26,9 +26,9 @@ def dataset(tmp_path_factory):
 
 def make_trainer(dataset, outdir, on_step=None, **overrides):
     values = dict(box=16, pixel_size_angstrom=6.0, input_box=16, input_pixel_size_angstrom=6.0, epochs=2,
-                  batch_size=16, search_rotations=256, decoder_width=16, encoder_base_channels=4, seed=5)
+                  batch_size=16, search_rotations=256, fouriernet_width=16, encoder_base_channels=4, seed=5)
     values.update(overrides)
-    config = TrainConfig(**values)
+    config = build(**values)
     torch.manual_seed(config.seed)
     return Trainer(CryoAILearner(config), dataset, str(outdir), (0.0, 1.0), progress_bar=False, on_step=on_step)
 
