@@ -37,6 +37,9 @@ def add_args(parser):
     parser.add_argument("--no-half-maps", action="store_true",
                         help="skip the half maps and gold-standard resolution computed after training")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--gpus", default=None,
+                        help="GPUs of this node to train on, e.g. 0,1,2,3 (numbered within CUDA_VISIBLE_DEVICES); "
+                             "several start one data-parallel process per GPU through torch.distributed.run")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--resume", action="store_true", help="continue the run stored in OUTDIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -167,6 +170,39 @@ def half_maps(dataset, particles_star: str, config, outdir: str, progress: bool 
 
 
 def main(args):
+    from cryoai_core.train import distributed
+    from cryoai_core.train.launch import command_line, parse_gpus, relaunch
+
+    try:
+        gpus = parse_gpus(args.gpus)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if gpus:
+        if args.device not in ("auto", "cuda"):
+            raise CommandError(f"--gpus runs on CUDA; it cannot be combined with --device {args.device}")
+        args.device = resolve_device("cuda")
+        if distributed.launched_world_size() == 1:
+            if len(gpus) > 1:
+                return relaunch(command_line("abinit", add_args, args), len(gpus))
+            args.device = f"cuda:{gpus[0]}"
+            gpus = []
+    if distributed.launched_world_size() > 1:
+        cluster, args.device = distributed.start(resolve_device(args.device), gpus)
+    else:
+        cluster = distributed.Cluster()
+    try:
+        status = _train(args, cluster)
+    except BaseException:
+        distributed.stop(failed=True)
+        raise
+    distributed.stop()
+    return status
+
+
+def _train(args, cluster):
+    import contextlib
+    import dataclasses
+
     import torch
 
     from cryoai_core.errors import Interrupted
@@ -174,12 +210,14 @@ def main(args):
     from cryoai_core.io.atomic import rollback_on_failure
     from cryoai_core.io.dataset import ParticleDataset, normalization_stats
     from cryoai_core.provenance import save_config
+    from cryoai_core.train import distributed
     from cryoai_core.train.checkpoint import CHECKPOINT_NAME
     from cryoai_core.train.export import write_outputs
     from cryoai_core.train.learner import CryoAILearner
     from cryoai_core.train.trainer import Trainer, TrainingInterrupted
 
     table, config, _ = validate_abinit(args)
+    cluster.require_same({"config": dict(dataclasses.asdict(config), device=None), "particles": len(table)})
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(config.seed)
@@ -187,18 +225,26 @@ def main(args):
     normalization = normalization_stats(dataset, generator=torch.Generator().manual_seed(config.seed))
     checkpoint = os.path.join(args.outdir, CHECKPOINT_NAME)
     # A run that fails before its first checkpoint leaves nothing behind; later, the checkpoint is kept.
-    with rollback_on_failure(args.outdir, keep=lambda: os.path.exists(checkpoint)):
-        prepare_outdir(args.outdir)
-        handler = add_log_file(args.outdir)
+    # Under torch.distributed, rank 0 alone writes (every rank has checked the folder before).
+    writer = cluster.is_writer
+    with rollback_on_failure(args.outdir, keep=lambda: os.path.exists(checkpoint)) if writer \
+            else contextlib.nullcontext():
+        if writer:
+            prepare_outdir(args.outdir)
+        handler = add_log_file(args.outdir) if writer else logging.NullHandler()
         try:
             logger.info("cryoAI ab initio: %d particles, box %d -> %d, %.3f Å/px, device %s", len(table),
                         table.box, config.box, config.pixel_size_angstrom, config.device)
             learner = CryoAILearner(config).to(config.device)
-            trainer = Trainer(learner, dataset, args.outdir, normalization, progress_bar=not args.no_progress)
+            trainer = Trainer(learner, dataset, args.outdir, normalization, progress_bar=not args.no_progress,
+                              cluster=cluster)
             if args.resume:
                 trainer.resume()
-            save_config(config, os.path.join(args.outdir, "config.yaml"),
-                        particles=os.path.abspath(args.particles), num_particles=len(table))
+            distributed.wrap(learner, cluster)
+            if writer:
+                save_config(config, os.path.join(args.outdir, "config.yaml"),
+                            particles=os.path.abspath(args.particles), num_particles=len(table),
+                            ranks=cluster.world_size)
             try:
                 trainer.run()
             except TrainingInterrupted as stop:
@@ -206,17 +252,18 @@ def main(args):
                                   "command and --resume") from None
             with DeferredInterrupts("the export") as deferred:
                 paths = write_outputs(learner, dataset, table, args.outdir, trainer.normalization[1],
-                                      device=config.device, progress_bar=not args.no_progress)
+                                      device=config.device, progress_bar=not args.no_progress, cluster=cluster)
             resolution = None
-            if not args.no_half_maps:
+            if writer and not args.no_half_maps:
                 resolution = half_maps(dataset, paths["particles"], config, args.outdir, progress=not args.no_progress)
         finally:
             logging.getLogger().removeHandler(handler)
             handler.close()
-    print(f"map: {paths['volume']}\nposes: {paths['particles']}")
-    if resolution is not None:
-        print(f"half maps: FSC=0.143 resolution {resolution:.2f} Å (resolution.json, fsc_halves.png)")
-    print(f"run folder: {args.outdir}")
+    if writer:
+        print(f"map: {paths['volume']}\nposes: {paths['particles']}")
+        if resolution is not None:
+            print(f"half maps: FSC=0.143 resolution {resolution:.2f} Å (resolution.json, fsc_halves.png)")
+        print(f"run folder: {args.outdir}")
     if deferred.received:
         raise Interrupted(f"received {deferred.received} during the export; the export was finished first, "
                           "so the outputs are complete")

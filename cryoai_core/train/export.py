@@ -14,6 +14,7 @@ from cryoai_core.io.mrc import write_mrc
 from cryoai_core.io.particles import ParticleTable
 from cryoai_core.io.star import write_star
 from cryoai_core.rotations import matrix_to_euler
+from cryoai_core.train.distributed import Cluster
 
 logger = logging.getLogger(__name__)
 
@@ -36,39 +37,74 @@ def export_volume(learner, normalization_std: float, output_box: int) -> torch.T
 
 
 @torch.no_grad()
+def iter_poses(learner, dataset: ParticleDataset, normalization_std: float, batch_size: int = 256, device="cpu",
+               progress_bar: bool = True, cluster: Cluster | None = None):
+    """Amortized poses of every particle, in order, one chunk at a time (nothing grows with ``N``).
+
+    Yields ``(start, rotations (b, 3, 3), origins_angstrom (b, 2))`` for particles ``start .. start + b``.
+    Under torch.distributed every rank must iterate: each chunk of ``batch_size x world_size``
+    particles is split evenly over the ranks and gathered, so every rank gets the same chunks, equal
+    to one process's up to float error (the encoder is in eval mode, so images do not interact).
+    """
+    cluster = cluster or Cluster()
+    count, ranks = len(dataset), cluster.world_size
+    chunk = batch_size * ranks
+    show = progress_bar and sys.stderr.isatty() and cluster.is_writer
+    for start in tqdm(range(0, count, chunk), desc="predict poses", unit="chunk", disable=not show):
+        stop = min(start + chunk, count)
+        share = -(-(stop - start) // ranks)
+        first = min(start + cluster.rank * share, stop)
+        indices = list(range(first, min(first + share, stop)))
+        indices += [indices[-1] if indices else start] * (share - len(indices))
+        batch = dataset.__getitems__(indices)
+        images = batch["image"].to(device, non_blocking=True) / normalization_std
+        ctf = batch["ctf"].to(device, non_blocking=True) if "ctf" in batch else None
+        rotation, origin = learner.predict_poses(images, ctf)
+        packed = torch.cat([rotation.reshape(-1, 9), origin], dim=1).float()
+        packed = cluster.gather(packed).cpu()[:stop - start]
+        yield start, packed[:, :9].reshape(-1, 3, 3), packed[:, 9:]
+
+
 def predict_all_poses(learner, dataset: ParticleDataset, normalization_std: float, batch_size: int = 256,
-                      device="cpu", progress_bar: bool = True) -> tuple:
-    """Amortized poses of every particle: ``(euler_angles_degrees (N, 3), origins_angstrom (N, 2), rotations (N, 3, 3))``."""
+                      device="cpu", progress_bar: bool = True, cluster: Cluster | None = None) -> tuple:
+    """Amortized poses of every particle (see :func:`iter_poses`), as whole arrays.
+
+    Returns ``(euler_angles_degrees (N, 3), origins_angstrom (N, 2), rotations (N, 3, 3))``.
+    """
     count = len(dataset)
     rotations = torch.empty(count, 3, 3)
     origins = torch.empty(count, 2)
-    starts = range(0, count, batch_size)
-    for start in tqdm(starts, desc="predict poses", unit="batch", disable=not progress_bar or not sys.stderr.isatty()):
-        indices = list(range(start, min(start + batch_size, count)))
-        batch = dataset.__getitems__(indices)
-        images = batch["image"].to(device) / normalization_std
-        ctf = batch["ctf"].to(device) if "ctf" in batch else None
-        rotation, origin = learner.predict_poses(images, ctf)
-        rotations[start:start + len(indices)] = rotation.float().cpu()
-        origins[start:start + len(indices)] = origin.float().cpu()
+    for start, rotation, origin in iter_poses(learner, dataset, normalization_std, batch_size, device,
+                                              progress_bar, cluster):
+        rotations[start:start + len(rotation)] = rotation
+        origins[start:start + len(origin)] = origin
     return matrix_to_euler(rotations.double()).numpy(), origins.double().numpy(), rotations
 
 
 def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdir: str,
-                  normalization_std: float, device="cpu", progress_bar: bool = True) -> dict:
-    """Write ``volume.mrc``, ``particles.star`` and the PNGs; return their paths."""
+                  normalization_std: float, device="cpu", progress_bar: bool = True,
+                  cluster: Cluster | None = None) -> dict:
+    """Write ``volume.mrc``, ``particles.star`` and the PNGs; return their paths.
+
+    Under torch.distributed every rank calls it: the poses are predicted by all ranks, and rank 0 alone
+    writes (the others return an empty dict).
+    """
     from cryoai_core.plots import plot_central_slices, plot_loss_curve, plot_pose_distribution
     from cryoai_core.train.metrics import METRICS_NAME
 
-    progress_bar = progress_bar and sys.stderr.isatty()
+    cluster = cluster or Cluster()
+    progress_bar = progress_bar and sys.stderr.isatty() and cluster.is_writer
     faults.hit("export-start")
     learner.to(device)
-    volume = export_volume(learner, normalization_std, table.box)
     paths = {"volume": os.path.join(outdir, "volume.mrc"), "particles": os.path.join(outdir, "particles.star")}
-    write_mrc(paths["volume"], volume.numpy(), table.pixel_size_angstrom)
-    faults.hit("export-written")
+    if cluster.is_writer:
+        volume = export_volume(learner, normalization_std, table.box)
+        write_mrc(paths["volume"], volume.numpy(), table.pixel_size_angstrom)
+        faults.hit("export-written")
     euler, origins, rotations = predict_all_poses(learner, dataset, normalization_std, device=device,
-                                                  progress_bar=progress_bar)
+                                                  progress_bar=progress_bar, cluster=cluster)
+    if not cluster.is_writer:
+        return {}
     write_star(paths["particles"], table.with_poses(euler, origins))
     paths["slices_png"] = plot_central_slices(os.path.join(outdir, "slices.png"), volume.numpy(),
                                               title="cryoAI ab initio map")

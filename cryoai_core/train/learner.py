@@ -52,6 +52,10 @@ def soft_circular_mask(box: int, radius_px: float, width_px: float, device=None)
     return 0.5 * (1.0 + torch.cos(math.pi * edge))
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 class CryoAILearner(torch.nn.Module):
     """Encoder + FourierNet + optimizers + phase state for one training grid.
 
@@ -77,6 +81,15 @@ class CryoAILearner(torch.nn.Module):
         self._grid_radius = 0.0
         self._grid_step = -1
         self._search = None
+        self.replicas = {}
+        """DDP wrappers of the networks under torch.distributed (see ``train/distributed.py``), by name."""
+        self.gather = _local
+        """Concatenates a per-image tensor over the ranks (identity on one process)."""
+
+    def _replica(self, name: str):
+        """The network ``name`` as a training step calls it: its DDP wrapper when distributed, else itself."""
+        replica = self.replicas.get(name)
+        return getattr(self, name) if replica is None else replica
 
     def disk(self, radius_px: float) -> HalfDisk:
         key = int(math.ceil(radius_px))
@@ -172,7 +185,7 @@ class CryoAILearner(torch.nn.Module):
         config = self.config
         targets = self.spectra(images, disk)
         grid = self.cached_map(disk)
-        encoded = self.encoder(images)[:2]
+        encoded = self._replica("encoder")(images)[:2]
         proposed, proposed_origins = encoded[0].detach(), encoded[1].detach()
         found = self.search.refine(grid, targets, ctf, disk, proposed, proposed_origins / config.pixel_size_angstrom,
                                    config.search.local_rotation_degrees, config.search.local_shift_px,
@@ -190,17 +203,17 @@ class CryoAILearner(torch.nn.Module):
 
         ``encoded``: the encoder's ``(rotations, origins_angstrom)`` for ``images`` if already computed."""
         rotations, origins_px = rotations.to(images.device), origins_px.to(images.device)
-        predicted = render(self.decoder, rotations, origins_px, ctf, disk)
+        predicted = render(self._replica("decoder"), rotations, origins_px, ctf, disk)
         decoder_loss = weighted_distances(predicted, targets, disk.weights).mean()
         self._optimizer_step(self.decoder_optimizer, self.decoder.parameters(), decoder_loss)
 
-        encoded, origins_angstrom = self.encoder(images)[:2] if encoded is None else encoded
+        encoded, origins_angstrom = self._replica("encoder")(images)[:2] if encoded is None else encoded
         rotation_error = ((encoded - rotations) ** 2).sum(dim=(-2, -1))
         shift_error = ((origins_angstrom / self.config.pixel_size_angstrom - origins_px) ** 2).sum(dim=-1)
         encoder_loss = (rotation_error + self.config.bootstrap.shift_loss_weight * shift_error).mean()
         self._optimizer_step(self.encoder_optimizer, self.encoder.parameters(), encoder_loss)
 
-        median = torch.rad2deg(geodesic_angle(encoded.detach(), rotations)).median().item()
+        median = self.gather(torch.rad2deg(geodesic_angle(encoded.detach(), rotations))).median().item()
         momentum = self.config.bootstrap.agreement_momentum
         self.agreement_degrees = median if math.isnan(self.agreement_degrees) else \
             momentum * self.agreement_degrees + (1 - momentum) * median
@@ -211,9 +224,10 @@ class CryoAILearner(torch.nn.Module):
         if self.config.symmetric_loss:
             images = torch.cat([images, rotate_180_in_plane(images)])
             ctf = None if ctf is None else torch.cat([ctf, ctf])
-        rotations, origins_angstrom, _ = self.encoder(images)
+        rotations, origins_angstrom, _ = self._replica("encoder")(images)
         targets = self.spectra(images, disk)
-        predicted = render(self.decoder, rotations, origins_angstrom / self.config.pixel_size_angstrom, ctf, disk)
+        origins_px = origins_angstrom / self.config.pixel_size_angstrom
+        predicted = render(self._replica("decoder"), rotations, origins_px, ctf, disk)
         distances = weighted_distances(predicted, targets, disk.weights)
         if self.config.symmetric_loss:
             loss = symmetrized_loss(distances[:batch], distances[batch:])

@@ -18,6 +18,7 @@ from cryoai_core import faults
 from cryoai_core.errors import InputError, TrainingError
 from cryoai_core.io.dataset import ParticleDataset, collate
 from cryoai_core.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, restore_learner, save_checkpoint
+from cryoai_core.train.distributed import Cluster
 from cryoai_core.train.learner import CryoAILearner
 from cryoai_core.train.metrics import MetricsLog
 from cryoai_core.train.progress import ProgressLines
@@ -38,6 +39,8 @@ class Trainer:
         outdir: run folder (checkpoint and metrics go there).
         normalization: ``(mean, std)`` of the images; images are divided by ``std``.
         progress_bar: show a tqdm bar (on a terminal only; plain progress lines go to stdout always).
+        cluster: the ranks of a distributed run (``train/distributed.py``): each rank trains on its shard
+            of every global batch, and only rank 0 writes the checkpoint, metrics and progress lines.
 
     The first checkpoint is written after ``config.schedule.first_checkpoint_steps`` steps or
     ``config.schedule.first_checkpoint_minutes``, whichever comes first, then every
@@ -45,14 +48,15 @@ class Trainer:
     """
 
     def __init__(self, learner: CryoAILearner, dataset: ParticleDataset, outdir: str, normalization: tuple,
-                 progress_bar: bool = True, on_step=None):
+                 progress_bar: bool = True, on_step=None, cluster: Cluster | None = None):
         self.learner = learner
         self.config = learner.config
         self.dataset = dataset
         self.outdir = outdir
         os.makedirs(outdir, exist_ok=True)
         self.normalization = tuple(float(value) for value in normalization)
-        self.progress_bar = progress_bar and sys.stderr.isatty()
+        self.cluster = cluster or Cluster()
+        self.progress_bar = progress_bar and sys.stderr.isatty() and self.cluster.is_writer
         self.on_step = on_step
         self.device = torch.device(self.config.device)
         self.generator = torch.Generator().manual_seed(self.config.seed)
@@ -94,21 +98,24 @@ class Trainer:
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(
             self.config.seed * 100003 + epoch)).tolist()
         size = self.config.schedule.batch_size
-        batches = [sorted(order[start:start + size]) for start in range(0, len(order), size)]
-        return [batch for batch in batches if len(batch) >= 2]
+        batches = [self.cluster.usable(sorted(order[start:start + size])) for start in range(0, len(order), size)]
+        return [batch for batch in batches if len(batch) >= max(2, self.cluster.world_size)]
 
     def _loader(self, batches: list):
+        batches = [self.cluster.shard(batch) for batch in batches]
         if self.config.num_workers == 0:
             return (self.dataset.__getitems__(batch) for batch in batches)
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate,
                                            num_workers=self.config.num_workers, persistent_workers=False)
 
     def _write_metrics(self, row: dict) -> None:
-        self.metrics.append(row)
+        if self.cluster.is_writer:
+            self.metrics.append(row)
 
     def _checkpoint(self) -> None:
-        progress = dict(self.counters, normalization=list(self.normalization))
-        save_checkpoint(self.checkpoint_path, self.learner, progress, self.generator)
+        if self.cluster.is_writer:
+            progress = dict(self.counters, normalization=list(self.normalization))
+            save_checkpoint(self.checkpoint_path, self.learner, progress, self.generator)
         self._last_checkpoint = time.monotonic()
         self._checkpoints_written += 1
         faults.hit("checkpoint-written")
@@ -129,6 +136,8 @@ class Trainer:
                 "elapsed_s": f"{self.counters['elapsed_s']:.1f}"}
 
     def _report(self, result, final: bool = False) -> None:
+        if not self.cluster.is_writer:
+            return
         self.lines.update(self.learner.steps, self.counters["epoch"], result.loss, result.phase, result.radius_px,
                           self.progress(), self.counters["elapsed_s"], final=final)
 
@@ -174,6 +183,10 @@ class Trainer:
                     raise InputError("a batch holds NaN or infinite pixel values (particles "
                                      f"{batch['index'][:3].tolist()}...)")
                 result = self.learner.step(images, ctf, self.progress(), self.generator)
+                result.loss, elapsed_s, stop = self.cluster.agree(result.loss, time.monotonic() - clock,
+                                                                  self._stop_reason is not None)
+                if stop and self._stop_reason is None:
+                    self._stop_reason = "another rank was asked to stop"
                 if not math.isfinite(result.loss):
                     raise TrainingError(
                         f"the loss became {result.loss} at step {self.learner.steps} (phase {result.phase}); the "
@@ -181,9 +194,9 @@ class Trainer:
                         "(--lr-encoder/--lr-decoder)" + (", then --resume" if self._checkpoints_written else ""))
                 faults.hit("train-step")
                 self.counters["batch_in_epoch"] += 1
-                self.counters["images_seen"] += len(images)
-                self.counters["elapsed_s"] = time.monotonic() - clock
-                window_images += len(images)
+                self.counters["images_seen"] += len(images) * self.cluster.world_size
+                self.counters["elapsed_s"] = elapsed_s
+                window_images += len(images) * self.cluster.world_size
                 if self.learner.steps % self.config.schedule.log_every == 0:
                     now = time.monotonic()
                     self._write_metrics(self._metrics_row(result, window_images / max(now - window_start, 1e-9)))
