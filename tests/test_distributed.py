@@ -107,12 +107,12 @@ def test_the_cli_runs_under_the_launcher_and_rank_0_alone_writes(star, tmp_path,
     monkeypatch.setenv("PYTHONPATH", ROOT)
     run = str(tmp_path / "run")
     assert relaunch(["abinit", star, "-o", run, "--epochs", "1", "--batch-size", "50", "--device", "cpu",
-                     "--threads", "1", "--no-progress"], 2) == 0
+                     "--threads", "1", "--no-progress", "--no-half-maps"], 2) == 0
     for name in ("volume.mrc", "particles.star", "checkpoint.pt", "config.yaml", "run.log"):
         assert os.path.getsize(os.path.join(run, name)) > 0, name
     assert len(read_particles(os.path.join(run, "particles.star"))) == 250
     assert main(["abinit", star, "-o", run, "--resume", "--epochs", "2", "--batch-size", "50", "--device", "cpu",
-                 "--threads", "1", "--no-progress"]) == 0
+                 "--threads", "1", "--no-progress", "--no-half-maps"]) == 0
     assert torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)["progress"]["images_seen"] == 500
 
 
