@@ -24,6 +24,12 @@ INPUT_STACKS = "input"
 TRAIN_DIR = "cryoai"
 """Output folder of ``cryoai abinit`` inside the run's ``extra/``."""
 
+HALF_MAPS = ("half1.mrc", "half2.mrc")
+"""Half maps ``cryoai abinit`` writes in its output folder (``cryoai_core.reconstruct.HALF_MAP_FILES``)."""
+
+RESOLUTION_FILE = "resolution.json"
+"""Gold-standard FSC=0.143 resolution of the half maps, written beside them by ``cryoai abinit``."""
+
 PREDICTED_STAR = "predicted_particles.star"
 """Output of ``cryoai predict-poses`` in the run's ``extra/``."""
 

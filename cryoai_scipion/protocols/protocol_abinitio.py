@@ -1,5 +1,6 @@
 """cryoAI ab initio: a map and a pose per particle from particles with CTFs (``cryoai abinit``)."""
 import csv
+import json
 import os
 import shlex
 import shutil
@@ -12,7 +13,7 @@ from pyworkflow.constants import BETA
 
 from cryoai_core.train import config_flags
 from cryoai_core.train.config import DEFAULT_MAX_BOX, MIN_BOX
-from cryoai_scipion.constants import FEW_PARTICLES, MIN_PARTICLES, TRAIN_DIR
+from cryoai_scipion.constants import FEW_PARTICLES, HALF_MAPS, MIN_PARTICLES, RESOLUTION_FILE, TRAIN_DIR
 from cryoai_scipion.protocols.protocol_base import CryoAIProtBase
 
 CORE_DEFAULTS = config_flags.defaults()
@@ -128,6 +129,9 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
         volume.setSamplingRate(inputSet.getSamplingRate())
         if volume.getXDim() != inputSet.getXDim():
             raise ValueError(f"the map has a {volume.getXDim()} px box, the particles {inputSet.getXDim()} px")
+        halves = [self._getTrainPath(name) for name in HALF_MAPS]
+        if all(os.path.exists(path) for path in halves):
+            volume.setHalfMaps(halves)
         particles = self._alignedParticles(inputSet, self._getTrainPath("particles.star"))
         self._defineOutputs(**{outputs.outputVolume.name: volume, outputs.outputParticles.name: particles})
         self._defineSourceRelation(self.inputParticles, volume)
@@ -180,6 +184,14 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
             return config_flags.check(**settings)
         except (TypeError, ValueError) as error:
             return [str(error)]
+
+    def readResolution(self):
+        """The core's ``resolution.json`` (gold-standard FSC of the half maps) as a dict, or None."""
+        path = self._getTrainPath(RESOLUTION_FILE)
+        if not os.path.exists(path):
+            return None
+        with open(path) as handle:
+            return json.load(handle)
 
     def readMetrics(self) -> list:
         """Rows of the core's ``metrics.csv`` (step, epoch, loss, images_per_s, elapsed_s, ...) as dicts;
@@ -240,6 +252,12 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
                            f"(trained at {self.getEffectiveTrainingBox()} px).")
             summary.append(f"{getattr(self, outputs.outputParticles.name).getSize()} particles with "
                            f"predicted poses (projection alignment).")
+            resolution = self.readResolution()
+            if resolution is not None:
+                summary.append(f"Half maps: FSC=0.143 at {resolution['resolution_angstrom']:.2f} Å "
+                               f"({resolution['particles_per_half'][0]} + {resolution['particles_per_half'][1]} "
+                               f"particles). Both halves use poses from one encoder trained on all particles, "
+                               f"so this estimate is optimistic when the poses are poor.")
         elif not metrics and not self.isFailed():
             summary.append("Training has not started yet.")
         return self.failureSummary() + summary

@@ -75,6 +75,22 @@ class TestCryoAIProtocols(BaseTest):
             self.assertAlmostEqual(particle.getCTF().getDefocusAngle(), source.getCTF().getDefocusAngle(), 2)
             self.assertIsNotNone(particle.getTransform())
 
+    def test_abinitio_half_maps_attached(self):
+        """The core's half maps hang on outputVolume the Scipion way; their resolution is in the summary."""
+        from cryoai_core.reconstruct import HALF_MAP_FILES
+        from cryoai_scipion.constants import HALF_MAPS, RESOLUTION_FILE
+        self.assertEqual(HALF_MAPS, (HALF_MAP_FILES["half1"], HALF_MAP_FILES["half2"]))
+        self.assertEqual(RESOLUTION_FILE, HALF_MAP_FILES["resolution"])
+        volume = self.abinitio.outputVolume
+        self.assertTrue(volume.hasHalfMaps())
+        halves = list(volume.getHalfMaps(asList=True))
+        self.assertEqual([os.path.basename(path) for path in halves], list(HALF_MAPS))
+        for path in halves:
+            self.assertEqual(Volume(location=path).getDim(), (BOX, BOX, BOX))
+        resolution = self.abinitio.readResolution()
+        self.assertGreater(resolution["resolution_angstrom"], 0)
+        self.assertIn(f"FSC=0.143 at {resolution['resolution_angstrom']:.2f} Å", " ".join(self.abinitio.summary()))
+
     def test_progress_reaches_the_output_log(self):
         """The run's stdout log (Scipion's Output Log) has the core's plain progress lines, no bar."""
         with open(self.abinitio.getStdoutLog()) as handle:
