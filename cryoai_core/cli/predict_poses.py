@@ -79,7 +79,8 @@ def main(args):
     from cryoai_core.io.dataset import ParticleDataset
     from cryoai_core.io.star import write_star
     from cryoai_core.train.checkpoint import restore_learner
-    from cryoai_core.train.export import predict_all_poses
+    from cryoai_core.rotations import matrix_to_euler
+    from cryoai_core.train.export import iter_poses
     from cryoai_core.train.learner import CryoAILearner
 
     state, config, table, box, device = validate_predict_poses(args)
@@ -88,9 +89,11 @@ def main(args):
     restore_learner(learner, state, with_optimizers=False)
     learner.to(device)
     std = state["progress"]["normalization"][1]
-    euler, origins, _ = predict_all_poses(learner, dataset, std, batch_size=args.batch_size, device=device,
-                                          progress_bar=not args.no_progress)
-    write_star(args.output, table.with_poses(euler, origins))
+    # Poses stream from the encoder into the star file, one batch at a time (memory flat in the particle count).
+    chunks = ((start, matrix_to_euler(rotation.double()).numpy(), origin.double().numpy())
+              for start, rotation, origin in iter_poses(learner, dataset, std, batch_size=args.batch_size,
+                                                        device=device, progress_bar=not args.no_progress))
+    write_star(args.output, table, poses=chunks)
     logger.info("wrote the poses of %d particles to %s", len(table), args.output)
     print(f"poses: {args.output}")
     return 0

@@ -14,6 +14,7 @@ file's folder (or an explicit ``root``; failing both, from the folder's two pare
 layout ``Job/jobNNN/file.star``). Writing produces RELION 3.1 with a ``# version 30001`` line before each
 table: without it RELION treats the file as 3.0 and tries to convert it (RELION issues #524, #707).
 """
+import csv
 import logging
 import os
 
@@ -45,6 +46,8 @@ _PER_GROUP_GEOMETRY = ("rlnOpticsGroup", "rlnImagePixelSize", "rlnPixelSize", "r
                        "rlnImageDimensionality")
 STAR_VERSION_LINE = "# version 30001"
 FLOAT_FORMAT = "%.6f"
+STAR_CHUNK_ROWS = 100_000
+"""Particles formatted at a time when writing a star file (memory stays flat in the number of particles)."""
 
 
 def read_star(path: str, root: str | None = None) -> ParticleTable:
@@ -104,41 +107,87 @@ def require_ctf(table: ParticleTable, path: str) -> None:
     raise ValueError(f"{path} has no CTF parameters: {detail}")
 
 
-def write_star(path: str, table: ParticleTable, relative_to: str | None = None) -> None:
+def write_star(path: str, table: ParticleTable, relative_to: str | None = None, poses=None) -> None:
     """Write ``table`` as a RELION 3.1 particle star file (``data_optics`` + ``data_particles``).
 
-    Stack paths are written relative to ``relative_to`` (default: the star file's folder), with ``..``
-    where needed, as RELION writes them and as Scipion's RELION import requires; moving the folder that
-    holds both the star and the stacks keeps them valid. Only stacks that share nothing but the filesystem
-    root with that folder are written absolute. One optics group is written per distinct
+    Stack paths are written relative to ``relative_to`` (default: the star file's folder) when the stack
+    lies inside that folder, absolute otherwise. One optics group is written per distinct
     (voltage, Cs, amplitude contrast); without CTF, one group carrying ``table.optics``'s values.
+
+    Rows are formatted and written :data:`STAR_CHUNK_ROWS` at a time, so memory does not grow with the
+    number of particles beyond the table itself. ``poses``, when given, is an iterable of
+    ``(start, euler_angles_degrees (b, 3), origins_angstrom (b, 2))`` chunks, in order and covering every
+    particle (e.g. predictions made while writing); otherwise the table's own poses (if any) are written.
     """
     folder = os.path.abspath(relative_to) if relative_to else os.path.dirname(os.path.abspath(path))
-    count = len(table)
     optics, groups = _optics_table(table)
-    columns = {"rlnImageName": _image_names(table, folder), "rlnOpticsGroup": groups}
-    if table.ctf is not None:
-        for index in (0, 1, 2, 6, 7):
-            columns[CTF_COLUMNS[index]] = np.asarray(table.ctf[:, index], dtype=np.float64)
-    if table.euler_angles_degrees is not None:
-        angles = np.asarray(table.euler_angles_degrees, dtype=np.float64)
-        origins = (np.zeros((count, 2)) if table.origins_angstrom is None
-                   else np.asarray(table.origins_angstrom, dtype=np.float64))
-        columns.update(zip(ANGLE_COLUMNS, angles.T))
-        columns.update(zip(ORIGIN_ANGSTROM_COLUMNS, origins.T))
-    skip = set(columns) | set(_GEOMETRY_COLUMNS)
-    if table.euler_angles_degrees is not None:
-        skip.update(ORIGIN_PIXEL_COLUMNS)
-    for name, values in table.extra_columns.items():
-        if name not in skip:
-            columns[name] = np.asarray(values)
-    particles = pd.DataFrame(columns)
-    lines = StarWriter({"optics": optics, "particles": particles}, float_format=FLOAT_FORMAT).lines()
+    if poses is None:
+        chunks = ((start, min(STAR_CHUNK_ROWS, len(table) - start), None, None)
+                  for start in range(0, len(table), STAR_CHUNK_ROWS))
+    else:
+        chunks = ((start, len(angles), angles, origins) for start, angles, origins in poses)
     with atomic_open(path, "w") as handle:
-        for line in lines:
+        for line in StarWriter({"optics": optics}, float_format=FLOAT_FORMAT).lines():
             if line.startswith("data_"):
                 handle.write(STAR_VERSION_LINE + "\n\n")
             handle.write(line + "\n")
+        handle.write(STAR_VERSION_LINE + "\n\n")
+        written = 0
+        for start, count, angles, origins in chunks:
+            if start != written:
+                raise ValueError(f"{path}: pose chunks must follow each other (got particle {start} after {written})")
+            frame = _particle_frame(table, folder, groups, start, start + count, angles, origins)
+            if written == 0:
+                _write_loop_header(handle, frame)
+            _write_rows(handle, frame)
+            written += count
+        if written != len(table):
+            raise ValueError(f"{path}: poses were given for {written} of {len(table)} particles")
+        if written == 0:
+            _write_loop_header(handle, _particle_frame(table, folder, groups, 0, 0, None, None))
+        handle.write("\n")
+
+
+def _particle_frame(table: ParticleTable, folder: str, groups: np.ndarray, start: int, stop: int, angles,
+                    origins) -> pd.DataFrame:
+    """The ``data_particles`` rows of particles ``start .. stop`` (with ``angles``/``origins`` if given)."""
+    part = table.subset(np.arange(start, stop))
+    if angles is not None:
+        part = part.with_poses(angles, origins)
+    count = len(part)
+    columns = {"rlnImageName": _image_names(part, folder), "rlnOpticsGroup": groups[start:stop]}
+    if part.ctf is not None:
+        for index in (0, 1, 2, 6, 7):
+            columns[CTF_COLUMNS[index]] = np.asarray(part.ctf[:, index], dtype=np.float64)
+    if part.euler_angles_degrees is not None:
+        angles = np.asarray(part.euler_angles_degrees, dtype=np.float64).reshape(-1, 3)
+        origins = (np.zeros((count, 2)) if part.origins_angstrom is None
+                   else np.asarray(part.origins_angstrom, dtype=np.float64).reshape(-1, 2))
+        columns.update(zip(ANGLE_COLUMNS, angles.T))
+        columns.update(zip(ORIGIN_ANGSTROM_COLUMNS, origins.T))
+    skip = set(columns) | set(_GEOMETRY_COLUMNS)
+    if part.euler_angles_degrees is not None:
+        skip.update(ORIGIN_PIXEL_COLUMNS)
+    for name, values in part.extra_columns.items():
+        if name not in skip:
+            columns[name] = np.asarray(values)
+    return pd.DataFrame(columns)
+
+
+def _write_loop_header(handle, frame: pd.DataFrame) -> None:
+    handle.write("data_particles\n\nloop_\n")
+    handle.write("".join(f"_{name} #{number}\n" for number, name in enumerate(frame.columns, 1)))
+
+
+def _write_rows(handle, frame: pd.DataFrame) -> None:
+    """Rows separated by tabs; text with a space (or empty) in double quotes, as the starfile package does."""
+    for name in frame.columns:
+        if frame[name].dtype == object:
+            text = frame[name].astype(str)
+            quoted = text.str.contains(" ", regex=False) | (text == "")
+            frame[name] = text.where(~quoted, '"' + text + '"')
+    frame.to_csv(handle, sep="\t", header=False, index=False, float_format=FLOAT_FORMAT, na_rep="<NA>",
+                 quoting=csv.QUOTE_NONE)
 
 
 def read_star_columns(path: str) -> pd.DataFrame:

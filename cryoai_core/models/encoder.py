@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from cryoai_core.cuda import encoder_autocast
 from cryoai_core.fourier import fft2_centered, ifft2_centered, radial_frequency_2d
 from cryoai_core.rotations import sixd_to_matrix
 from cryoai_core.train.config import EncoderConfig
@@ -79,10 +80,16 @@ class PoseEncoder(nn.Module):
         return (stack - mean) / std
 
     def forward(self, images: torch.Tensor) -> tuple:
-        """Returns ``(rotations (B, 3, 3), origins_angstrom (B, 2), sixd (B, 6))``."""
-        latent = self.trunk(self.features(self.normalize(images)))
-        sixd = self.rotation_head(latent)
-        origins = self.shift_head(latent)
+        """Returns ``(rotations (B, 3, 3), origins_angstrom (B, 2), sixd (B, 6))``, fp32.
+
+        On CUDA the network runs in bf16 autocast (``cryoai_core/cuda.py``); the filter bank before it and
+        the Gram-Schmidt after it stay in fp32."""
+        normalized = self.normalize(images)
+        with encoder_autocast(images.device):
+            latent = self.trunk(self.features(normalized))
+            sixd = self.rotation_head(latent)
+            origins = self.shift_head(latent)
+        sixd, origins = sixd.float(), origins.float()
         if self.max_shift_angstrom > 0:
             origins = self.max_shift_angstrom * torch.tanh(origins / self.max_shift_angstrom)
         return sixd_to_matrix(sixd), origins, sixd

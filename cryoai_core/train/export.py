@@ -18,6 +18,9 @@ from cryoai_core.train.distributed import Cluster
 
 logger = logging.getLogger(__name__)
 
+POSE_PLOT_MAX = 100_000
+"""At most this many poses (every k-th particle) go into ``poses.png``; the rest stream to the star file."""
+
 
 @torch.no_grad()
 def export_volume(learner, normalization_std: float, output_box: int) -> torch.Tensor:
@@ -101,11 +104,21 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
         volume = export_volume(learner, normalization_std, table.box)
         write_mrc(paths["volume"], volume.numpy(), table.pixel_size_angstrom)
         faults.hit("export-written")
-    euler, origins, rotations = predict_all_poses(learner, dataset, normalization_std, device=device,
-                                                  progress_bar=progress_bar, cluster=cluster)
+    stride = -(-len(dataset) // POSE_PLOT_MAX)
+    shown = []
+
+    def chunks():
+        for start, rotation, origin in iter_poses(learner, dataset, normalization_std, device=device,
+                                                  progress_bar=progress_bar, cluster=cluster):
+            shown.append(rotation[(torch.arange(start, start + len(rotation)) % stride) == 0])
+            yield start, matrix_to_euler(rotation.double()).numpy(), origin.double().numpy()
+
     if not cluster.is_writer:
+        for _ in chunks():
+            pass
         return {}
-    write_star(paths["particles"], table.with_poses(euler, origins))
+    write_star(paths["particles"], table, poses=chunks())
+    rotations = torch.cat(shown)
     paths["slices_png"] = plot_central_slices(os.path.join(outdir, "slices.png"), volume.numpy(),
                                               title="cryoAI ab initio map")
     paths["poses_png"] = plot_pose_distribution(os.path.join(outdir, "poses.png"), rotations.numpy())

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from cryoai_core import faults
+from cryoai_core.cuda import tf32_convolutions, to_device
 from cryoai_core.errors import InputError, TrainingError
 from cryoai_core.io.dataset import ParticleDataset, collate
 from cryoai_core.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, restore_learner, save_checkpoint
@@ -106,7 +107,8 @@ class Trainer:
         if self.config.num_workers == 0:
             return (self.dataset.__getitems__(batch) for batch in batches)
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate,
-                                           num_workers=self.config.num_workers, persistent_workers=False)
+                                           num_workers=self.config.num_workers, persistent_workers=False,
+                                           pin_memory=self.device.type == "cuda")
 
     def _write_metrics(self, row: dict) -> None:
         if self.cluster.is_writer:
@@ -158,7 +160,8 @@ class Trainer:
         """Train until the budget is spent (checkpoint at the end), or raise :class:`TrainingInterrupted`."""
         previous = self._install_signal_handlers()
         try:
-            self._loop()
+            with tf32_convolutions(self.device):
+                self._loop()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -177,11 +180,12 @@ class Trainer:
             batches = self._epoch_batches(self.counters["epoch"])
             skip = self.counters["batch_in_epoch"]
             for batch in self._loader(batches[skip:]):
-                images = batch["image"].to(self.device, non_blocking=True) / std
-                ctf = batch["ctf"].to(self.device) if "ctf" in batch else None
-                if not torch.isfinite(images).all():
+                # Checked on the host before the copy, so that a CUDA step does not wait for the check.
+                if not torch.isfinite(batch["image"]).all():
                     raise InputError("a batch holds NaN or infinite pixel values (particles "
                                      f"{batch['index'][:3].tolist()}...)")
+                images = to_device(batch["image"], self.device) / std
+                ctf = to_device(batch["ctf"], self.device) if "ctf" in batch else None
                 result = self.learner.step(images, ctf, self.progress(), self.generator)
                 result.loss, elapsed_s, stop = self.cluster.agree(result.loss, time.monotonic() - clock,
                                                                   self._stop_reason is not None)
