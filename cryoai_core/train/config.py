@@ -19,6 +19,8 @@ DEFAULT_MAX_BOX = 64
 """Without ``--box``, particles larger than this are Fourier-cropped to it for training."""
 DEFAULT_MAX_MINUTES = 30.0
 """Time budget of a run given neither ``--epochs`` nor ``--max-minutes``."""
+FORM_EPOCHS = 20
+"""Epoch budget the Scipion form proposes: a budget in epochs gives the same result on every machine."""
 MIN_MASK_RADIUS_PX = 4.0
 """A mask radius below this (training pixels) leaves too little of the particle to reconstruct."""
 AMORTIZED_POSES = ("refined", "encoder")

@@ -12,7 +12,7 @@ from pwem.protocols import ProtInitialVolume
 from pyworkflow.constants import BETA
 
 from cryoai_core.train import config_flags
-from cryoai_core.train.config import DEFAULT_MAX_BOX, MIN_BOX
+from cryoai_core.train.config import DEFAULT_MAX_BOX, FORM_EPOCHS, MIN_BOX
 from cryoai_scipion.constants import FEW_PARTICLES, HALF_MAPS, MIN_PARTICLES, RESOLUTION_FILE, TRAIN_DIR
 from cryoai_scipion.protocols.protocol_base import CryoAIProtBase
 
@@ -59,7 +59,7 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
                       help="Radius of the circular mask applied to the particle images, in Å. "
                            "-1: the default, a soft-edged mask at 90% of half the box. "
                            "Use the wizard to draw it on your particles.")
-        form.addParam("numEpochs", params.IntParam, default=20, label="Epochs",
+        form.addParam("numEpochs", params.IntParam, default=FORM_EPOCHS, label="Epochs",
                       help="Passes over the whole data set. 0: no limit (then set a time budget).")
         form.addParam("maxMinutes", params.FloatParam, default=0, label="Time budget (minutes)",
                       help="Stop training after this many minutes, whatever the epoch. 0: no limit. Training "

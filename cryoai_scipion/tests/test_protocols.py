@@ -273,10 +273,11 @@ class TestCryoAIProtocols(BaseTest):
 
     def test_form_defaults_and_checks_are_the_cores(self):
         from cryoai_core.train import config_flags
-        from cryoai_core.train.config import DEFAULT_MAX_BOX
+        from cryoai_core.train.config import DEFAULT_MAX_BOX, FORM_EPOCHS
         defaults = config_flags.defaults()
         protocol = self.newProtocol(CryoAIProtAbinitio)
         self.assertEqual(protocol.trainingBox.get(), DEFAULT_MAX_BOX)
+        self.assertEqual(protocol.numEpochs.get(), FORM_EPOCHS)
         for param, name in (("batchSize", "batch_size"), ("seed", "seed"), ("lrEncoder", "lr_encoder"),
                             ("lrDecoder", "lr_decoder"), ("numWorkers", "num_workers"),
                             ("symmetricLoss", "symmetric_loss"), ("poseBootstrap", "bootstrap"),
