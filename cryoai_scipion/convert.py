@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst")
 """Particle columns of a RELION 3.1 star that hold a pose."""
+SCORE_COLUMN = "rlnCryoaiScore"
+"""The core's per-particle score column (``cryoai_core.train.score.SCORE_COLUMN``; torch-free copy of the name)."""
+SCORE_ATTRIBUTE = "_cryoai_score"
+"""The Float attribute of each output particle that holds the score (for Scipion's subset tools)."""
 
 RESERVED_COLUMNS = frozenset(("rlnImageName", "rlnOpticsGroup", "rlnOpticsGroupName", "rlnDefocusU",
                               "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnOriginX", "rlnOriginY",
@@ -197,6 +201,15 @@ def readPoses(starPath: str):
     angles = table[list(POSE_COLUMNS[:3])].to_numpy(dtype=np.float64)
     origins = table[list(POSE_COLUMNS[3:])].to_numpy(dtype=np.float64)
     return table["rlnImageName"].astype(str).to_numpy(), angles, origins
+
+
+def readScores(starPath: str):
+    """The per-particle cryoAI score column ``(N,)`` (nats) of a star written by ``cryoai``, in file order, or
+    ``None`` when the star has none."""
+    table = starfile.read(starPath, always_dict=True).get("particles")
+    if table is None or SCORE_COLUMN not in table.columns:
+        return None
+    return table[SCORE_COLUMN].to_numpy(dtype=np.float64)
 
 
 def readImageNames(starPath: str) -> np.ndarray:

@@ -9,6 +9,7 @@ import pytest
 from cryoai_core.cli import main
 from cryoai_core.cli.evaluate import evaluate_map, evaluate_poses
 from cryoai_core.io.star import read_star
+from cryoai_core.train.score import SCORE_COLUMN
 
 RANDOM_POSES_MEDIAN_DEGREES = 132.0
 """Median geodesic error of uniformly random rotations after the best global alignment is about 130°."""
@@ -62,6 +63,25 @@ def test_predict_poses_reuses_the_trained_encoder(simulated, trained, tmp_path):
     predicted = read_star(output)
     reference = read_star(os.path.join(trained, "particles.star"))
     np.testing.assert_allclose(predicted.euler_angles_degrees, reference.euler_angles_degrees, atol=1e-3)
+
+
+def test_exported_star_has_a_finite_per_particle_score(trained):
+    table = read_star(os.path.join(trained, "particles.star"))
+    scores = np.asarray(table.extra_columns[SCORE_COLUMN], dtype=np.float64)
+    assert scores.shape == (len(table),) and np.isfinite(scores).all()
+    assert np.median(scores) > 0
+
+
+def test_predict_poses_refine_does_not_worsen_the_encoder_poses(simulated, trained, tmp_path):
+    truth = os.path.join(simulated, "particles.star")
+    errors = {}
+    for flag in ("--no-refine", "--refine"):
+        output = str(tmp_path / f"predicted{flag}.star")
+        assert main(["predict-poses", "--checkpoint", os.path.join(trained, "checkpoint.pt"), truth, "-o", output,
+                     flag, "--no-progress"]) == 0
+        errors[flag] = evaluate_poses(output, truth)["median_angle_degrees"]
+        assert SCORE_COLUMN in read_star(output).extra_columns
+    assert errors["--refine"] <= errors["--no-refine"] + 1.0
 
 
 def test_a_finished_run_is_not_overwritten(simulated, trained, capsys):

@@ -8,6 +8,7 @@ from cryoai_core.rotations import compose_in_plane_180, geodesic_angle, random_r
 from cryoai_core.slicing import VoxelFourierVolume
 from cryoai_core.train.config import TrainConfig, build
 from cryoai_core.train.learner import CryoAILearner
+from search_problem import BOX as SEARCH_BOX, PIXEL as SEARCH_PIXEL, Problem
 
 BOX = 16
 PIXEL = 4.0
@@ -41,6 +42,17 @@ class TrueMap(torch.nn.Module):
 
     def forward(self, coords):
         return (self.volume.sample(coords.double() / PIXEL) * self.scale).to(torch.complex64)
+
+
+class FunctionModule(torch.nn.Module):
+    """A decoder made of a plain function of the coordinates."""
+
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, coords):
+        return self.function(coords).to(torch.complex64)
 
 
 class ScriptedEncoder(torch.nn.Module):
@@ -153,3 +165,32 @@ def test_the_bootstrap_can_end_early_at_box_16():
     result = learner.step(images / images.std(), None, progress=0.99, generator=generator)
     assert result.radius_px == learner.config.nyquist_radius_px == 7.0
     assert learner.phase == "amortized"  # ended by agreement: 0.99 of the budget is below max_fraction
+
+
+def test_refine_poses_recovers_true_poses_and_shifts_from_a_poor_start():
+    problem = Problem(with_ctf=True, count=8, seed=5)
+    learner = CryoAILearner(config(box=SEARCH_BOX, input_box=SEARCH_BOX, pixel_size_angstrom=SEARCH_PIXEL,
+                                   input_pixel_size_angstrom=SEARCH_PIXEL, mask_radius_angstrom=SEARCH_BOX * SEARCH_PIXEL,
+                                   amortized_poses="refined", search_rotations=2048))
+    learner.decoder = FunctionModule(problem.map)
+    generator = torch.Generator().manual_seed(6)
+    start = random_rotations(8, generator)
+    rotations, origins = learner.refine_poses(problem.images, torch.as_tensor(problem.ctf_params), start,
+                                              torch.zeros(8, 2), generator)
+    assert torch.rad2deg(geodesic_angle(rotations.double(), problem.rotations)).median() < 3.0
+    assert (origins.double() / SEARCH_PIXEL - problem.origins_px).abs().max() < 0.5
+    distances, energies = learner.fit_terms(problem.images, torch.as_tensor(problem.ctf_params), rotations, origins)
+    assert (distances < 0.05 * energies).all()
+
+
+def test_refined_amortized_steps_train_both_networks():
+    torch.manual_seed(0)
+    volume = VoxelFourierVolume(blob_map(3), PIXEL, oversampling=2)
+    generator = torch.Generator().manual_seed(4)
+    learner = CryoAILearner(config(batch_size=32, bootstrap=False, amortized_poses="refined", search_global_every=2))
+    images = volume.project(random_rotations(32, generator).double(), BOX, PIXEL).float()
+    images = images / images.std()
+    losses = [learner.step(images, None, progress=0.0, generator=generator).loss for _ in range(30)]
+    assert learner.phase == "amortized" and min(losses[-3:]) < 0.7 * losses[0]
+    assert all(parameter.grad is not None for parameter in learner.encoder.parameters())
+    assert not learner.at_safe_point or learner.steps % 10 == 0

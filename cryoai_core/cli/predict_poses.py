@@ -2,7 +2,8 @@
 
 The particles are Fourier cropped to the training grid of the run (same pixel size after cropping);
 each image gets the encoder's pose (with the symmetrized loss, the better of the image and its 180°
-rotation, judged by the trained map). Writes a RELION 3.1 star with angles and origins in Å.
+rotation, judged by the trained map), refined against the map with ``--refine``. Writes a RELION 3.1
+star with angles, origins in Å and the per-particle score (``rlnCryoaiScore``, see train/score.py).
 
 Example:
     cryoai predict-poses --checkpoint run1/checkpoint.pt new_particles.star -o new_particles_poses.star
@@ -22,6 +23,12 @@ def add_args(parser):
     parser.add_argument("-o", "--output", required=True, help="output star file")
     parser.add_argument("--root", default=None, help="folder that image paths are relative to")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    refine = parser.add_mutually_exclusive_group()
+    refine.add_argument("--refine", dest="refine", action="store_true", default=None,
+                        help="refine the encoder's poses against the trained map (local refinement and a global "
+                             "search; the lower residual wins); default: as the run trained (--amortized-poses)")
+    refine.add_argument("--no-refine", dest="refine", action="store_false",
+                        help="the encoder's own poses")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -79,8 +86,7 @@ def main(args):
     from cryoai_core.io.dataset import ParticleDataset
     from cryoai_core.io.star import write_star
     from cryoai_core.train.checkpoint import restore_learner
-    from cryoai_core.rotations import matrix_to_euler
-    from cryoai_core.train.export import iter_poses
+    from cryoai_core.train.export import predict_and_score, table_with_prediction
     from cryoai_core.train.learner import CryoAILearner
 
     state, config, table, box, device = validate_predict_poses(args)
@@ -89,11 +95,9 @@ def main(args):
     restore_learner(learner, state, with_optimizers=False)
     learner.to(device)
     std = state["progress"]["normalization"][1]
-    # Poses stream from the encoder into the star file, one batch at a time (memory flat in the particle count).
-    chunks = ((start, matrix_to_euler(rotation.double()).numpy(), origin.double().numpy())
-              for start, rotation, origin in iter_poses(learner, dataset, std, batch_size=args.batch_size,
-                                                        device=device, progress_bar=not args.no_progress))
-    write_star(args.output, table, poses=chunks)
+    prediction = predict_and_score(learner, dataset, std, batch_size=args.batch_size, device=device,
+                                   progress_bar=not args.no_progress, refine=args.refine)
+    write_star(args.output, table_with_prediction(table, prediction))
     logger.info("wrote the poses of %d particles to %s", len(table), args.output)
     print(f"poses: {args.output}")
     return 0

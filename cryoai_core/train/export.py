@@ -1,4 +1,5 @@
 """What an ab initio run leaves behind: the map, the per-particle poses (star) and pictures."""
+import dataclasses
 import logging
 import os
 import sys
@@ -13,8 +14,9 @@ from cryoai_core.io.dataset import ParticleDataset
 from cryoai_core.io.mrc import write_mrc
 from cryoai_core.io.particles import ParticleTable
 from cryoai_core.io.star import write_star
-from cryoai_core.rotations import matrix_to_euler
+from cryoai_core.rotations import geodesic_angle, matrix_to_euler
 from cryoai_core.train.distributed import Cluster
+from cryoai_core.train.score import SCORE_COLUMN, log_likelihood_ratios
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,33 @@ def export_volume(learner, normalization_std: float, output_box: int) -> torch.T
     if output_box != box:
         volume = resample_volume(volume, output_box) * (box / output_box)
     return volume
+
+
+@dataclasses.dataclass
+class PosePrediction:
+    """Poses and fit terms of ``N`` particles."""
+
+    rotations: torch.Tensor
+    """``(N, 3, 3)`` RELION matrices."""
+    origins_angstrom: torch.Tensor
+    """``(N, 2)`` RELION origins, Å."""
+    distances: torch.Tensor
+    """``(N,)`` loss distance of each image to the map at its pose (full radius)."""
+    energies: torch.Tensor
+    """``(N,)`` distance of each image to an empty prediction."""
+    total_weight: float
+    """``Σ w`` of the full-radius half-disk (see :mod:`cryoai_core.train.score`)."""
+    encoder_rotations: torch.Tensor
+    """``(N, 3, 3)`` the encoder's own poses (equal to :attr:`rotations` without refinement)."""
+
+    @property
+    def euler_angles_degrees(self) -> np.ndarray:
+        return matrix_to_euler(self.rotations.double()).numpy()
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Per-particle log-likelihood ratios against noise alone, nats."""
+        return log_likelihood_ratios(self.distances.numpy(), self.energies.numpy(), self.total_weight)
 
 
 @torch.no_grad()
@@ -84,6 +113,51 @@ def predict_all_poses(learner, dataset: ParticleDataset, normalization_std: floa
     return matrix_to_euler(rotations.double()).numpy(), origins.double().numpy(), rotations
 
 
+@torch.no_grad()
+def predict_and_score(learner, dataset: ParticleDataset, normalization_std: float, batch_size: int = 256,
+                      device="cpu", progress_bar: bool = True, refine: bool | None = None) -> PosePrediction:
+    """Poses of every particle: the encoder's, refined against the map when ``refine`` (default: when the run
+    trained on refined poses, ``config.amortized_poses == "refined"``); per particle, the lower distance of
+    the local refinement and a global search wins (:meth:`CryoAILearner.refine_poses`)."""
+    refine = learner.config.amortized_poses == "refined" if refine is None else refine
+    count = len(dataset)
+    rotations, origins, encoded = torch.empty(count, 3, 3), torch.empty(count, 2), torch.empty(count, 3, 3)
+    distances, energies = torch.empty(count), torch.empty(count)
+    generator = torch.Generator().manual_seed(learner.config.seed)
+    learner.forget_cached_map()
+    starts = range(0, count, batch_size)
+    for start in tqdm(starts, desc="predict poses", unit="batch", disable=not progress_bar or not sys.stderr.isatty()):
+        indices = list(range(start, min(start + batch_size, count)))
+        batch = dataset.__getitems__(indices)
+        images = batch["image"].to(device) / normalization_std
+        ctf = batch["ctf"].to(device) if "ctf" in batch else None
+        rotation, origin = learner.predict_poses(images, ctf)
+        encoded[start:start + len(indices)] = rotation.float().cpu()
+        if refine:
+            rotation, origin = learner.refine_poses(images, ctf, rotation, origin, generator)
+        distance, energy = learner.fit_terms(images, ctf, rotation, origin)
+        chunk = slice(start, start + len(indices))
+        rotations[chunk], origins[chunk] = rotation.float().cpu(), origin.float().cpu()
+        distances[chunk], energies[chunk] = distance.float().cpu(), energy.float().cpu()
+    total_weight = learner.disk(learner.config.nyquist_radius_px).weights.sum().item()
+    return PosePrediction(rotations, origins, distances, energies, total_weight, encoded)
+
+
+def log_prediction(prediction: PosePrediction) -> None:
+    """One log line: how far the exported poses are from the encoder's own, and the score's spread."""
+    moved = torch.rad2deg(geodesic_angle(prediction.rotations.double(), prediction.encoder_rotations.double()))
+    scores = prediction.scores
+    logger.info("poses: median %.1f° from the encoder's own; score (nats) median %.1f, 5th percentile %.1f",
+                moved.median().item(), float(np.median(scores)), float(np.percentile(scores, 5)))
+
+
+def table_with_prediction(table: ParticleTable, prediction: PosePrediction) -> ParticleTable:
+    """``table`` with the predicted poses and the score column :data:`SCORE_COLUMN`."""
+    posed = table.with_poses(prediction.euler_angles_degrees, prediction.origins_angstrom.double().numpy())
+    columns = dict(posed.extra_columns, **{SCORE_COLUMN: prediction.scores})
+    return dataclasses.replace(posed, extra_columns=columns)
+
+
 def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdir: str,
                   normalization_std: float, device="cpu", progress_bar: bool = True,
                   cluster: Cluster | None = None) -> dict:
@@ -105,20 +179,30 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
         write_mrc(paths["volume"], volume.numpy(), table.pixel_size_angstrom)
         faults.hit("export-written")
     stride = -(-len(dataset) // POSE_PLOT_MAX)
-    shown = []
+    if cluster.world_size > 1:
+        # Several ranks: the encoder's poses stream into the star file, one gathered chunk at a time.
+        shown = []
 
-    def chunks():
-        for start, rotation, origin in iter_poses(learner, dataset, normalization_std, device=device,
-                                                  progress_bar=progress_bar, cluster=cluster):
-            shown.append(rotation[(torch.arange(start, start + len(rotation)) % stride) == 0])
-            yield start, matrix_to_euler(rotation.double()).numpy(), origin.double().numpy()
+        def chunks():
+            for start, rotation, origin in iter_poses(learner, dataset, normalization_std, device=device,
+                                                      progress_bar=progress_bar, cluster=cluster):
+                shown.append(rotation[(torch.arange(start, start + len(rotation)) % stride) == 0])
+                yield start, matrix_to_euler(rotation.double()).numpy(), origin.double().numpy()
 
-    if not cluster.is_writer:
-        for _ in chunks():
-            pass
-        return {}
-    write_star(paths["particles"], table, poses=chunks())
-    rotations = torch.cat(shown)
+        if not cluster.is_writer:
+            for _ in chunks():
+                pass
+            return {}
+        write_star(paths["particles"], table, poses=chunks())
+        rotations = torch.cat(shown)
+    else:
+        # One process: poses refined against the map and scored (the score's noise level is a median over
+        # every particle, so the N poses and scores are held, never the images).
+        prediction = predict_and_score(learner, dataset, normalization_std, device=device,
+                                       progress_bar=progress_bar)
+        write_star(paths["particles"], table_with_prediction(table, prediction))
+        rotations = prediction.rotations[::stride]
+        log_prediction(prediction)
     paths["slices_png"] = plot_central_slices(os.path.join(outdir, "slices.png"), volume.numpy(),
                                               title="cryoAI ab initio map")
     paths["poses_png"] = plot_pose_distribution(os.path.join(outdir, "poses.png"), rotations.numpy())

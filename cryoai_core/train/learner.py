@@ -169,6 +169,10 @@ class CryoAILearner(torch.nn.Module):
             self._grid_radius, self._grid_step = radius, self.steps
         return self._grid
 
+    def forget_cached_map(self) -> None:
+        """Drop the cached map, so that the next search samples the decoder as it is now."""
+        self._grid = None
+
     def _bootstrap_step(self, images, ctf, disk, generator) -> float:
         targets = self.spectra(images, disk)
         found = self.search.search(self.cached_map(disk), targets, ctf, disk, generator)

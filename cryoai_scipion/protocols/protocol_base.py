@@ -6,6 +6,7 @@ import pyworkflow.protocol.params as params
 from pwem.objects import Transform
 from pwem.protocols import EMProtocol
 from pyworkflow.exceptions import PyworkflowException
+from pyworkflow.object import Float
 from pyworkflow.utils import getListFromRangeString
 
 from cryoai_scipion import Plugin
@@ -80,7 +81,8 @@ class CryoAIProtBase(EMProtocol):
     # --------------------------- outputs ------------------------------------------------
     def _alignedParticles(self, inputSet, starPath: str):
         """A new SetOfParticles: ``inputSet`` (same images and CTFs) with the poses of ``starPath`` as a
-        projection alignment (Transform per particle, shifts in pixels)."""
+        projection alignment (Transform per particle, shifts in pixels) and, when the star has it, the
+        per-particle score as the Float attribute ``_cryoai_score``."""
         names, angles, originsAngstrom = convert.readPoses(starPath)
         if len(names) != inputSet.getSize():
             raise ValueError(f"{starPath} holds {len(names)} particles, the input {inputSet.getSize()}")
@@ -92,13 +94,17 @@ class CryoAIProtBase(EMProtocol):
             raise ValueError(f"{starPath} row {mismatch + 1} is {names[mismatch]}, expected "
                              f"{inputNames[mismatch]}: cryoai did not keep the input order")
         shiftsPixels = originsAngstrom / inputSet.getSamplingRate()
+        scores = convert.readScores(starPath)
         outputSet = self._createSetOfParticles()
         outputSet.copyInfo(inputSet)
         outputSet.setAlignmentProj()
-        rows = iter(zip(angles, shiftsPixels))
+        rows = iter(zip(angles, shiftsPixels, [None] * len(names) if scores is None else scores))
 
         def setPose(particle, row):
-            particle.setTransform(Transform(convert.poseToTransformMatrix(*row)))
+            rowAngles, rowShifts, score = row
+            particle.setTransform(Transform(convert.poseToTransformMatrix(rowAngles, rowShifts)))
+            if score is not None:
+                setattr(particle, convert.SCORE_ATTRIBUTE, Float(float(score)))
 
         outputSet.copyItems(inputSet, updateItemCallback=setPose, itemDataIterator=rows)
         return outputSet

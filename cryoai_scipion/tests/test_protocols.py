@@ -110,6 +110,16 @@ class TestCryoAIProtocols(BaseTest):
                                        atol=1e-5)
             np.testing.assert_allclose(ourShifts, rowOrigin / PIXEL_SIZE_A, atol=1e-5)
 
+    def test_abinitio_particles_carry_the_core_score(self):
+        """Each output particle holds the star's rlnCryoaiScore as the Float attribute _cryoai_score."""
+        from cryoai_core.train.score import SCORE_COLUMN
+        self.assertEqual(convert.SCORE_COLUMN, SCORE_COLUMN)
+        scores = convert.readScores(self.abinitio.getCheckpointPath().replace("checkpoint.pt", "particles.star"))
+        self.assertIsNotNone(scores)
+        particles = self.abinitio.outputParticles.iterItems(orderBy="id")
+        for particle, score in zip(particles, scores, strict=True):
+            self.assertAlmostEqual(getattr(particle, convert.SCORE_ATTRIBUTE).get(), score, places=3)
+
     def test_abinitio_poses_beat_random(self):
         predicted = self._rotations(self.abinitio.outputParticles)
         truth = convert.eulerToMatrix(self.truth.angles()[list(self.trainRows)])
