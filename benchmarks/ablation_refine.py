@@ -11,9 +11,9 @@ Rotation errors are medians in degrees after the best global alignment (both han
 medians in pixels. The raw lines are appended to ``--results``.
 
 Examples:
-    python benchmarks/ablation_refine.py --minutes 5
-    python benchmarks/ablation_refine.py --minutes 5 --shift-sigma 7 --tag offcentre
-    python benchmarks/ablation_refine.py --minutes 5 --map other.mrc --tag other
+    python benchmarks/ablation_refine.py --num-particles 1500 --epochs 8 --modes encoder
+    python benchmarks/ablation_refine.py --num-particles 1500 --epochs 8 --modes refined
+    python benchmarks/ablation_refine.py --num-particles 1500 --epochs 8 --shift-sigma 7 --tag offcentre
 """
 import argparse
 import json
@@ -24,6 +24,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -66,8 +67,9 @@ def main() -> None:
     parser.add_argument("--pixel-size", type=float, default=3.0)
     parser.add_argument("--shift-sigma", type=float, default=3.0, help="origin σ per axis, Å")
     parser.add_argument("--snr", type=float, default=0.1)
-    parser.add_argument("--minutes", type=float, default=5.0, help="training budget of each run")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=float, default=8.0,
+                        help="training budget of each run, in passes (load-independent on a shared machine)")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--modes", default="encoder,refined")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -81,21 +83,20 @@ def main() -> None:
     for mode in args.modes.split(","):
         run_dir = os.path.join(args.outdir, f"run_{case}_{mode}_{int(time.time())}")
         start = time.time()
-        run(cli + ["abinit", train, "-o", run_dir, "--max-minutes", str(args.minutes), "--seed", str(args.seed),
+        run(cli + ["abinit", train, "-o", run_dir, "--epochs", str(args.epochs), "--seed", str(args.seed),
                    "--amortized-poses", mode, "--threads", str(args.threads), "--no-progress"])
         wall = time.time() - start
         checkpoint = os.path.join(run_dir, "checkpoint.pt")
         report = evaluate_map(os.path.join(run_dir, "volume.mrc"), reference, run_dir)
         figures = {"benchmark": "ablation_refine", "case": args.tag, "amortized_poses": mode,
                    "num_particles": args.num_particles, "box": args.box, "snr": args.snr,
-                   "shift_sigma_angstrom": args.shift_sigma, "seed": args.seed, "budget_minutes": args.minutes,
+                   "shift_sigma_angstrom": args.shift_sigma, "seed": args.seed, "budget_epochs": args.epochs,
                    "wall_s_abinit_incl_export": round(wall, 1),
                    "fsc05_px": report["resolution"]["0.5"]["pixels"],
                    "fsc0143_px": report["resolution"]["0.143"]["pixels"]}
-        with open(os.path.join(run_dir, "metrics.csv")) as handle:
-            rows = [line.split(",") for line in handle.read().strip().splitlines()]
-        last = dict(zip(rows[0], rows[-1]))
-        figures.update(steps=int(last["step"]), final_phase=last["phase"])
+        learner = torch.load(checkpoint, map_location="cpu", weights_only=False)["learner"]
+        figures.update(steps=learner["steps"], final_phase=learner["phase"],
+                       final_agreement_degrees=round(learner["agreement_degrees"], 2))
         figures.update(pose_figures(os.path.join(run_dir, "particles.star"), train, "star"))
         for name, star, flag in (("train_encoder", train, "--no-refine"), ("heldout_encoder", heldout, "--no-refine"),
                                  ("heldout_refined", heldout, "--refine")):

@@ -44,10 +44,13 @@ def test_voxel_volume_and_network_grid_share_the_sampler():
 
 
 def test_search_distances_are_the_loss_distances(problem):
-    found = make_search(num_rotations=512).search(problem.grid, problem.targets, problem.ctf, problem.disk)
+    # The search expands |Y - P|² in float32; its error is relative to the image energy |Y|².
+    found = make_search(num_rotations=512).search(problem.grid, problem.targets, problem.ctf, problem.disk,
+                                                  torch.Generator().manual_seed(1))
     rendered = render(problem.grid, found.rotations, found.origins_px, problem.ctf, problem.disk)
     expected = weighted_distances(rendered, problem.targets, problem.disk.weights)
-    assert torch.allclose(found.distances, expected, rtol=1e-3, atol=1e-6)
+    energies = weighted_distances(torch.zeros_like(problem.targets), problem.targets, problem.disk.weights)
+    assert ((found.distances - expected).abs() < 1e-5 * energies).all()
 
 
 def test_global_search_recovers_poses_and_shifts_up_to_15_percent_of_the_box(problem):
