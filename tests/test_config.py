@@ -14,7 +14,7 @@ from cryoai_core.train import config_flags
 from cryoai_core.train.config import GROUPS, TrainConfig, build, flat_names, replace
 
 LEGACY_OPTIONS = ["--epochs", "2", "--max-minutes", "3", "--batch-size", "16", "--lr-encoder", "0.002",
-                  "--lr-decoder", "0.003", "--no-symmetric-loss", "--no-bootstrap", "--amortized-poses", "refined",
+                  "--lr-decoder", "0.003", "--no-symmetric-loss", "--no-bootstrap", "--amortized-poses", "encoder",
                   "--search-max-shift-fraction", "0.1", "--mask-radius-angstrom", "30", "--invert-contrast",
                   "--seed", "7", "--num-workers", "1", "--checkpoint-minutes", "2"]
 """Options of ``cryoai abinit`` from before the config was nested; they keep their names and meaning."""
@@ -47,7 +47,7 @@ def test_existing_option_names_keep_their_meaning():
     config = geometry(**config_flags.values_from_args(parse(LEGACY_OPTIONS)))
     assert (config.schedule.epochs, config.schedule.max_minutes, config.schedule.batch_size) == (2, 3, 16)
     assert (config.optimizer.lr_encoder, config.optimizer.lr_decoder) == (0.002, 0.003)
-    assert not config.symmetric_loss and not config.bootstrap.enabled and config.amortized_poses == "refined"
+    assert not config.symmetric_loss and not config.bootstrap.enabled and config.amortized_poses == "encoder"
     assert config.search.max_shift_fraction == 0.1 and config.mask.radius_angstrom == 30.0
     assert config.invert_contrast and config.seed == 7 and config.num_workers == 1
     assert config.schedule.checkpoint_minutes == 2

@@ -119,7 +119,8 @@ def test_the_loss_of_the_true_map_poses_and_ctf_is_the_noise_variance(sign):
     noise = sigma * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
     losses = []
     for images in (clean, clean + noise):
-        learner = CryoAILearner(config(mask_radius_angstrom=BOX * PIXEL, bootstrap=False, symmetric_loss=False))
+        learner = CryoAILearner(config(mask_radius_angstrom=BOX * PIXEL, bootstrap=False, symmetric_loss=False,
+                                       amortized_poses="encoder"))
         learner.decoder = scaled_true_map(volume)
         learner.encoder = ScriptedEncoder((truth.float().requires_grad_(), sign * origins.float()), None)
         losses.append(learner.step(images.float(), ctf_params.float(), progress=1.0).loss)

@@ -224,9 +224,10 @@ class TrainConfig:
     schedule: ScheduleConfig = setting(factory=lambda: ScheduleConfig(max_minutes=DEFAULT_MAX_MINUTES))
     symmetric_loss: bool = setting(True, "plain L2 loss instead of the symmetrized loss, which keeps the better of "
                                          "the image and its 180° in-plane rotation (paper eq. 10)")
-    amortized_poses: str = setting("encoder", "poses of the amortized phase: 'refined' (the encoder's pose "
-                                              "refined against the map, with a global search every few steps) or "
-                                              "'encoder' (the paper)", choices=AMORTIZED_POSES)
+    amortized_poses: str = setting("refined", "poses of the amortized phase: 'refined' (the encoder's pose "
+                                              "refined against the map, with a global search every few steps; "
+                                              "benchmarks/ablation_refine.py) or 'encoder' (the paper)",
+                                   choices=AMORTIZED_POSES)
     invert_contrast: bool = setting(False, "invert the images (use when particles are dark on a bright background)")
     seed: int = setting(0, "random seed")
     device: str = setting("cpu", "torch device", flag=False)
