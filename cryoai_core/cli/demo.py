@@ -86,7 +86,7 @@ def main(args):
     abinit_argv += ["--max-minutes", repr(args.minutes)] if args.minutes else []
     abinit_argv += ["--threads", str(args.threads)] if args.threads else []
     simulate_args, abinit_args = _sub_args(simulate, simulate_argv), _sub_args(abinit, abinit_argv)
-    steps = args.epochs * math.floor(args.num_particles / abinit_args.batch_size)
+    steps = args.epochs * math.ceil(args.num_particles / abinit_args.batch_size)
     print(f"cryoAI demo: {args.num_particles} particles, {args.epochs:g} epochs (about {steps:.0f} steps of "
           f"{abinit_args.batch_size} images); about {time_estimate_minutes(args.num_particles, args.epochs):.0f} min "
           "on an idle 2-core CPU, longer on a busy one (the progress lines give the ETA)", flush=True)
