@@ -13,15 +13,18 @@ PIXEL = 3.0
 MAX_SHIFT_PX = 0.15 * BOX
 
 
-def blob_map(seed: int) -> torch.Tensor:
-    """An asymmetric map of six Gaussian blobs ``(BOX,)*3`` (no rotational symmetry)."""
+def blob_map(seed: int, box: int = BOX, blobs: int = 6, spread_px: float = 12.0,
+             widths_px2: tuple = (2.0, 5.0)) -> torch.Tensor:
+    """An asymmetric map ``(box,)*3`` of ``blobs`` Gaussian blobs (no rotational symmetry): centres uniform
+    within ``±spread_px/2`` of the centre ``box//2``, each ``exp(-r²/w)`` with ``w`` uniform in ``widths_px2``."""
     generator = torch.Generator().manual_seed(seed)
-    coords = torch.arange(BOX, dtype=torch.float64) - BOX // 2
+    coords = torch.arange(box, dtype=torch.float64) - box // 2
     z, y, x = torch.meshgrid(coords, coords, coords, indexing="ij")
-    volume = torch.zeros(BOX, BOX, BOX, dtype=torch.float64)
-    for _ in range(6):
-        centre = (torch.rand(3, generator=generator, dtype=torch.float64) - 0.5) * 12
-        width = 2.0 + 3.0 * torch.rand(1, generator=generator, dtype=torch.float64)
+    volume = torch.zeros(box, box, box, dtype=torch.float64)
+    low, high = widths_px2
+    for _ in range(blobs):
+        centre = (torch.rand(3, generator=generator, dtype=torch.float64) - 0.5) * spread_px
+        width = low + (high - low) * torch.rand(1, generator=generator, dtype=torch.float64)
         volume += torch.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / width)
     return volume
 

@@ -5,7 +5,7 @@ import types
 import pytest
 
 from cryoai_core.cli import run_command
-from cryoai_core.errors import StorageError, TrainingError
+from cryoai_core.errors import Interrupted, StorageError, TrainingError
 
 
 def _module(error):
@@ -22,6 +22,7 @@ def _module(error):
     (StorageError("cannot write"), 3, "cannot write"),
     (TrainingError("the loss became nan"), 4, "the loss became nan"),
     (KeyboardInterrupt(), 130, "interrupted"),
+    (Interrupted("received SIGTERM"), 130, "interrupted: received SIGTERM"),
 ])
 def test_expected_failures_are_one_line(capsys, error, code, text):
     assert run_command(_module(error), None, "abinit") == code
@@ -34,3 +35,11 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys, error):
     assert run_command(_module(error), None, "abinit") == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "please report" in err
+
+
+@pytest.mark.parametrize("error", [ValueError("--box must be even"), OSError(errno.ENOSPC, "No space left"),
+                                   Interrupted("received SIGTERM"), RuntimeError("shape mismatch")])
+def test_debug_mode_re_raises_every_failure(monkeypatch, error):
+    monkeypatch.setenv("CRYOAI_DEBUG", "1")
+    with pytest.raises(type(error)):
+        run_command(_module(error), None, "abinit")

@@ -8,22 +8,15 @@ from cryoai_core.rotations import compose_in_plane_180, geodesic_angle, random_r
 from cryoai_core.slicing import VoxelFourierVolume
 from cryoai_core.train.config import TrainConfig, build
 from cryoai_core.train.learner import CryoAILearner
-from search_problem import BOX as SEARCH_BOX, PIXEL as SEARCH_PIXEL, Problem
+from search_problem import BOX as SEARCH_BOX, PIXEL as SEARCH_PIXEL, Problem, blob_map as search_blob_map
 
 BOX = 16
 PIXEL = 4.0
 
 
 def blob_map(seed: int) -> torch.Tensor:
-    """An asymmetric map of a few Gaussian blobs ``(BOX,)*3``."""
-    generator = torch.Generator().manual_seed(seed)
-    coords = torch.arange(BOX, dtype=torch.float64) - BOX // 2
-    z, y, x = torch.meshgrid(coords, coords, coords, indexing="ij")
-    volume = torch.zeros(BOX, BOX, BOX, dtype=torch.float64)
-    for _ in range(4):
-        centre = (torch.rand(3, generator=generator, dtype=torch.float64) - 0.5) * 6
-        volume += torch.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / 3.0)
-    return volume
+    """An asymmetric map of four Gaussian blobs ``(BOX,)*3`` near the centre."""
+    return search_blob_map(seed, box=BOX, blobs=4, spread_px=6.0, widths_px2=(3.0, 3.0))
 
 
 def config(**changes) -> TrainConfig:

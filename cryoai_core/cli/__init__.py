@@ -70,44 +70,41 @@ def run_command(module, args, name: str) -> int:
     ``OSError`` for storage) print one line on stderr; an unexpected exception prints its traceback and
     a request to report it (exit code 1). ``CRYOAI_DEBUG=1`` re-raises everything.
     """
-    prefix = f"cryoai {name}: error:"
     try:
         with _sigterm_as_interrupt():
             return int(module.main(args) or 0)
-    except Interrupted as error:
-        if os.environ.get("CRYOAI_DEBUG"):
-            raise
-        print(f"cryoai {name}: interrupted: {error}", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print(f"cryoai {name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except CryoAIError as error:
+    except Exception as error:
         if os.environ.get("CRYOAI_DEBUG"):
             raise
+        return _report(error, name)
+
+
+def _report(error: Exception, name: str) -> int:
+    """Print ``error`` the way the error boundary shows it; return its exit code."""
+    prefix = f"cryoai {name}: error:"
+    if isinstance(error, Interrupted):
+        print(f"cryoai {name}: interrupted: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(error, CryoAIError):
         print(f"{prefix} {_one_line(error)}", file=sys.stderr)
         return error.exit_code
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
-        if os.environ.get("CRYOAI_DEBUG"):
-            raise
+    if isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
         text = describe_os_error(error) if error.strerror else str(error)
         print(f"{prefix} {_one_line(text)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except OSError as error:
-        if os.environ.get("CRYOAI_DEBUG"):
-            raise
+    if isinstance(error, OSError):
         print(f"{prefix} {_one_line(describe_os_error(error))}", file=sys.stderr)
         return EXIT_STORAGE
-    except ValueError as error:
-        if os.environ.get("CRYOAI_DEBUG"):
-            raise
+    if isinstance(error, ValueError):
         print(f"{prefix} {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception:
-        traceback.print_exc()
-        print(f"cryoai {name}: internal error (a bug in cryoAI {__version__}, not a problem with your input); "
-              "please report it to the developers with the traceback above and the command line", file=sys.stderr)
-        return EXIT_BUG
+    traceback.print_exception(error)
+    print(f"cryoai {name}: internal error (a bug in cryoAI {__version__}, not a problem with your input); "
+          "please report it to the developers with the traceback above and the command line", file=sys.stderr)
+    return EXIT_BUG
 
 
 def _one_line(error) -> str:
