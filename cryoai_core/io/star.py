@@ -17,16 +17,17 @@ table: without it RELION treats the file as 3.0 and tries to convert it (RELION 
 import csv
 import logging
 import os
+from collections.abc import Mapping
 
 import mrcfile
 import numpy as np
 import pandas as pd
-import starfile
 from starfile.writer import StarWriter
 
 from cryoai_core.io.atomic import atomic_open
 from cryoai_core.io.mrc import common_box, locate_stack
 from cryoai_core.io.particles import CTF_FIELDS, ParticleTable, uniform_pixel_size
+from cryoai_core.io.star_parser import ImageNames, block_rows, read_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ STAR_CHUNK_ROWS = 100_000
 def read_star(path: str, root: str | None = None) -> ParticleTable:
     """Read a RELION 3.0 or 3.1 particle star file.
 
+    The particle table is parsed a chunk of rows at a time into compact columns
+    (:mod:`cryoai_core.io.star_parser`), so memory grows by a few numbers per particle, not by its text.
+
     Args:
         path: the star file.
         root: folder that relative stack paths are relative to (default: the star file's folder).
@@ -60,7 +64,8 @@ def read_star(path: str, root: str | None = None) -> ParticleTable:
     Returns:
         A table with absolute stack paths, CTF (``None`` when a required CTF column is missing; see
         :func:`require_ctf`), poses when ``rlnAngleRot/Tilt/Psi`` are present (origins in Å, 0 when
-        absent) and every other particle column in ``extra_columns``.
+        absent) and every other particle column in ``extra_columns`` (text columns as
+        ``pandas.Categorical``).
 
     Raises:
         FileNotFoundError: the star file or a stack it names is missing.
@@ -69,27 +74,26 @@ def read_star(path: str, root: str | None = None) -> ParticleTable:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"star file not found: {path}")
-    particles, optics = _particle_tables(_read_blocks(path), path)
-    own_columns = list(particles.columns)
-    merged = _merge_optics(particles, optics, path)
+    particles, optics = _particle_tables(read_blocks(path, split_image_names=True), path)
+    merged = MergedColumns(particles, optics, path)
 
-    stack_files, stack_ids, image_indices = _image_locations(merged["rlnImageName"], path, root)
+    stack_files, stack_ids, image_indices = _image_locations(particles["rlnImageName"], path, root)
     box = common_box(stack_files, stack_ids, image_indices, path)
-    if "rlnImageSize" in merged.columns:
-        sizes = np.unique(merged["rlnImageSize"].to_numpy())
+    if "rlnImageSize" in merged:
+        sizes = np.unique(np.asarray(merged["rlnImageSize"]))
         if len(sizes) != 1 or int(sizes[0]) != box:
             raise ValueError(f"{path}: rlnImageSize {sizes.tolist()} does not match the stacks' box of {box} px")
     pixel_size = _pixel_size(merged, path, stack_files[0])
     ctf = ctf_from_columns(merged, path)
-    angles, origins = poses_from_columns(merged, pixel_size)
+    angles, origins = poses_from_columns(merged, pixel_size, path)
 
     consumed = set(_GEOMETRY_COLUMNS)
     if ctf is not None:
         consumed.update(CTF_COLUMNS)
     if angles is not None:
         consumed.update(ANGLE_COLUMNS + ORIGIN_ANGSTROM_COLUMNS + ORIGIN_PIXEL_COLUMNS)
-    extra = {name: merged[name].to_numpy() for name in own_columns if name not in consumed}
-    logger.info("%s: %d particles in %d stack(s), box %d, %.4g Å/px, CTF %s, poses %s", path, len(merged),
+    extra = {name: values for name, values in particles.items() if name not in consumed}
+    logger.info("%s: %d particles in %d stack(s), box %d, %.4g Å/px, CTF %s, poses %s", path, len(stack_ids),
                 len(stack_files), box, pixel_size, "yes" if ctf is not None else "no",
                 "yes" if angles is not None else "no")
     return ParticleTable(stack_files=stack_files, stack_ids=stack_ids, image_indices=image_indices,
@@ -197,88 +201,102 @@ def read_star_columns(path: str) -> pd.DataFrame:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"star file not found: {path}")
-    particles, optics = _particle_tables(_read_blocks(path), path)
-    return _merge_optics(particles, optics, path)
+    particles, optics = _particle_tables(read_blocks(path), path)
+    merged = MergedColumns(particles, optics, path)
+    return pd.DataFrame({name: merged[name] for name in merged})
 
 
-def _read_blocks(path: str) -> dict:
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except Exception as error:  # starfile raises assorted parser errors for malformed text
-        raise ValueError(f"{path} cannot be parsed as a STAR file: {error}") from None
-    return {name: pd.DataFrame([block]) if isinstance(block, dict) else block for name, block in blocks.items()}
-
-
-def _particle_tables(blocks: dict, path: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _particle_tables(blocks: dict, path: str) -> tuple[dict, pd.DataFrame | None]:
+    """The particle block (``{column: values}``) and the optics table (``None`` if absent)."""
     if "particles" in blocks:
-        particles, optics = blocks["particles"], blocks.get("optics")
+        particles = blocks["particles"]
     else:
-        named = [name for name, block in blocks.items() if "rlnImageName" in block.columns]
+        named = [name for name, block in blocks.items() if "rlnImageName" in block]
         preferred = [name for name in ("images", "") if name in named]
         if not named:
-            if all(len(block) == 0 for block in blocks.values()):
+            if all(block_rows(block) == 0 for block in blocks.values()):
                 raise ValueError(f"{path} contains no particles")
             raise ValueError(f"{path} has no particle table (no rlnImageName column)")
-        particles, optics = blocks[(preferred or named)[0]], blocks.get("optics")
-    if len(particles) == 0:
+        particles = blocks[(preferred or named)[0]]
+    if block_rows(particles) == 0:
         raise ValueError(f"{path} contains no particles")
-    if "rlnImageName" not in particles.columns:
+    if "rlnImageName" not in particles:
         raise ValueError(f"{path}: the particle table has no rlnImageName column")
-    return particles.reset_index(drop=True), optics
+    optics = blocks.get("optics")
+    optics = None if optics is None else pd.DataFrame({name: np.asarray(values) for name, values in optics.items()})
+    return particles, optics
 
 
-def _merge_optics(particles: pd.DataFrame, optics: pd.DataFrame | None, path: str) -> pd.DataFrame:
-    if optics is None or len(optics) == 0:
-        return particles
-    if "rlnOpticsGroup" not in optics.columns:
-        raise ValueError(f"{path}: the optics table has no rlnOpticsGroup column")
-    if optics["rlnOpticsGroup"].duplicated().any():
-        raise ValueError(f"{path}: the optics table lists an optics group twice")
-    table = optics.set_index("rlnOpticsGroup")
-    if "rlnOpticsGroup" in particles.columns:
-        group = particles["rlnOpticsGroup"]
-    elif len(table) == 1:
-        group = pd.Series(table.index[0], index=particles.index)
-    else:
-        raise ValueError(f"{path}: the particles have no rlnOpticsGroup but there are {len(table)} optics groups")
-    unknown = sorted(set(group.unique()) - set(table.index))
-    if unknown:
-        raise ValueError(f"{path}: particles refer to optics group(s) {unknown} missing from data_optics")
-    merged = particles.copy()
-    for name in table.columns:
-        if name not in merged.columns:
-            merged[name] = group.map(table[name]).to_numpy()
-    return merged
+class MergedColumns(Mapping):
+    """Per-particle columns: the particle table's own and, for names it lacks, its optics group's value.
+
+    Optics values are spread over the particles only when a column is asked for (``merged[name]``, an
+    ``(N,)`` array), so nothing is held per particle beyond the particle table itself.
+    """
+
+    def __init__(self, particles: dict, optics: pd.DataFrame | None, path: str):
+        self.particles, self.optics, self.rows = particles, None, None
+        if optics is None or len(optics) == 0:
+            return
+        if "rlnOpticsGroup" not in optics.columns:
+            raise ValueError(f"{path}: the optics table has no rlnOpticsGroup column")
+        if optics["rlnOpticsGroup"].duplicated().any():
+            raise ValueError(f"{path}: the optics table lists an optics group twice")
+        groups = pd.Index(optics["rlnOpticsGroup"])
+        if "rlnOpticsGroup" in particles:
+            self.rows = groups.get_indexer(np.asarray(particles["rlnOpticsGroup"]))
+            if (self.rows < 0).any():
+                unknown = pd.unique(np.asarray(particles["rlnOpticsGroup"])[self.rows < 0])
+                raise ValueError(f"{path}: particles refer to optics group(s) {sorted(unknown.tolist())} missing "
+                                 "from data_optics")
+        elif len(groups) == 1:
+            self.rows = np.zeros(block_rows(particles), dtype=np.int64)
+        else:
+            raise ValueError(f"{path}: the particles have no rlnOpticsGroup but there are {len(groups)} optics "
+                             "groups")
+        self.optics = optics
+
+    def _optics_names(self) -> list:
+        return [] if self.optics is None else [name for name in self.optics.columns if name not in self.particles]
+
+    def __getitem__(self, name: str):
+        if name in self.particles:
+            return self.particles[name]
+        if name in self._optics_names():
+            return self.optics[name].to_numpy()[self.rows]
+        raise KeyError(name)
+
+    def __iter__(self):
+        return iter([*self.particles, *self._optics_names()])
+
+    def __len__(self) -> int:
+        return len(self.particles) + len(self._optics_names())
 
 
-def _image_locations(names: pd.Series, path: str, root: str | None):
-    names = names.astype(str)
-    index_text = names.str.extract(r"^\s*(\d+)@", expand=False)
-    stack_names = names.str.replace(r"^\s*\d+@", "", regex=True)
-    indices = pd.to_numeric(index_text.fillna("1")).to_numpy(dtype=np.int64) - 1
-    malformed = np.flatnonzero(names.str.contains("@").to_numpy() & index_text.isna().to_numpy())
-    if len(malformed):
-        raise ValueError(f"{path}: rlnImageName {names.iloc[malformed[0]]!r} is not 'index@stack'")
-    if (indices < 0).any():
-        bad = names.iloc[int(np.flatnonzero(indices < 0)[0])]
-        raise ValueError(f"{path}: rlnImageName {bad!r} has index 0; RELION image indices start at 1")
-    codes, uniques = pd.factorize(stack_names)
+def _image_locations(names: ImageNames, path: str, root: str | None):
+    """``(stack_files, stack_ids (N,) int32, image_indices (N,) int64 0-based)`` of a compact name column."""
+    if names.malformed is not None:
+        raise ValueError(f"{path}: rlnImageName {names.malformed!r} is not 'index@stack'")
+    zero = np.flatnonzero(names.numbers < 1)
+    if len(zero):
+        stack = names.stacks[int(names.stack_codes[zero[0]])]
+        raise ValueError(f"{path}: rlnImageName '{int(names.numbers[zero[0]])}@{stack}' has index 0; RELION image "
+                         "indices start at 1")
     folder = os.path.dirname(os.path.abspath(path))
-    resolved = [locate_stack(name, folder, root, search_parents=2) for name in uniques]
+    resolved = [locate_stack(name, folder, root, search_parents=2) for name in names.stacks]
     stack_files = tuple(dict.fromkeys(resolved))
     position = {name: number for number, name in enumerate(stack_files)}
     remap = np.array([position[name] for name in resolved], dtype=np.int32)
-    return stack_files, remap[codes], indices
+    return stack_files, remap[names.stack_codes], names.numbers - 1
 
 
-def _pixel_size(merged: pd.DataFrame, path: str, first_stack: str) -> float:
-    if "rlnImagePixelSize" in merged.columns:
-        values = merged["rlnImagePixelSize"].to_numpy(dtype=np.float64)
-    elif "rlnPixelSize" in merged.columns:
-        values = merged["rlnPixelSize"].to_numpy(dtype=np.float64)
-    elif {"rlnDetectorPixelSize", "rlnMagnification"} <= set(merged.columns):
-        values = 1e4 * merged["rlnDetectorPixelSize"].to_numpy(dtype=np.float64) \
-            / merged["rlnMagnification"].to_numpy(dtype=np.float64)
+def _pixel_size(merged: Mapping, path: str, first_stack: str) -> float:
+    if "rlnImagePixelSize" in merged:
+        values = _floats(merged, "rlnImagePixelSize", path)
+    elif "rlnPixelSize" in merged:
+        values = _floats(merged, "rlnPixelSize", path)
+    elif {"rlnDetectorPixelSize", "rlnMagnification"} <= set(merged):
+        values = 1e4 * _floats(merged, "rlnDetectorPixelSize", path) / _floats(merged, "rlnMagnification", path)
     else:
         with mrcfile.open(first_stack, mode="r", header_only=True, permissive=True) as mrc:
             header_size = float(mrc.voxel_size.x)
@@ -291,34 +309,53 @@ def _pixel_size(merged: pd.DataFrame, path: str, first_stack: str) -> float:
     return uniform_pixel_size(values, path)
 
 
-def ctf_from_columns(merged: pd.DataFrame, path: str) -> np.ndarray | None:
-    """``(N, 8)`` CTF in :data:`CTF_FIELDS` order from merged star columns, ``None`` if a required one is missing."""
-    missing = [name for name in REQUIRED_CTF_COLUMNS if name not in merged.columns]
+def _floats(merged: Mapping, name: str, path: str) -> np.ndarray:
+    """Column ``name`` as float64 ``(N,)``; a text column is an error naming it."""
+    if _is_text(merged[name]):
+        raise ValueError(f"{path}: column {name} holds non-numeric values")
+    return np.asarray(merged[name], dtype=np.float64)
+
+
+def _is_text(values) -> bool:
+    return not pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype)
+
+
+def _rows(merged: Mapping) -> int:
+    return len(merged[next(iter(merged))])
+
+
+def ctf_from_columns(merged: Mapping, path: str) -> np.ndarray | None:
+    """``(N, 8)`` CTF in :data:`CTF_FIELDS` order from merged star columns (a mapping such as a DataFrame or
+    :class:`MergedColumns`), ``None`` if a required one is missing."""
+    missing = [name for name in REQUIRED_CTF_COLUMNS if name not in merged]
     if missing:
         logger.info("%s has no CTF (missing %s)", path, ", ".join(missing))
         return None
-    ctf = np.zeros((len(merged), len(CTF_FIELDS)))
+    text = [name for name in CTF_COLUMNS if name in merged and _is_text(merged[name])]
+    if text:
+        raise ValueError(f"{path}: column(s) {', '.join(text)} hold non-numeric values")
+    ctf = np.zeros((_rows(merged), len(CTF_FIELDS)))
     for index, name in enumerate(CTF_COLUMNS):
-        if name in merged.columns:
-            ctf[:, index] = merged[name].to_numpy(dtype=np.float64)
+        if name in merged:
+            ctf[:, index] = _floats(merged, name, path)
     bad = ~np.isfinite(ctf).all(axis=0)
     if bad.any():
         raise ValueError(f"{path}: column(s) {', '.join(np.array(CTF_COLUMNS)[bad])} hold non-numeric values")
     return ctf
 
 
-def poses_from_columns(merged: pd.DataFrame, pixel_size: float):
+def poses_from_columns(merged: Mapping, pixel_size: float, path: str = "star file"):
     """RELION ``(N, 3)`` Euler angles (degrees) and ``(N, 2)`` origins (Å) from merged star columns;
     ``(None, None)`` without angle columns, zero origins without origin columns."""
-    if not set(ANGLE_COLUMNS) <= set(merged.columns):
+    if not set(ANGLE_COLUMNS) <= set(merged):
         return None, None
-    angles = merged[list(ANGLE_COLUMNS)].to_numpy(dtype=np.float64)
-    if set(ORIGIN_ANGSTROM_COLUMNS) <= set(merged.columns):
-        origins = merged[list(ORIGIN_ANGSTROM_COLUMNS)].to_numpy(dtype=np.float64)
-    elif set(ORIGIN_PIXEL_COLUMNS) <= set(merged.columns):
-        origins = merged[list(ORIGIN_PIXEL_COLUMNS)].to_numpy(dtype=np.float64) * pixel_size
+    angles = np.stack([_floats(merged, name, path) for name in ANGLE_COLUMNS], axis=1)
+    if set(ORIGIN_ANGSTROM_COLUMNS) <= set(merged):
+        origins = np.stack([_floats(merged, name, path) for name in ORIGIN_ANGSTROM_COLUMNS], axis=1)
+    elif set(ORIGIN_PIXEL_COLUMNS) <= set(merged):
+        origins = np.stack([_floats(merged, name, path) for name in ORIGIN_PIXEL_COLUMNS], axis=1) * pixel_size
     else:
-        origins = np.zeros((len(merged), 2))
+        origins = np.zeros((_rows(merged), 2))
     return angles, origins
 
 
