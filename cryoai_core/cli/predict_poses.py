@@ -86,7 +86,7 @@ def main(args):
     from cryoai_core.io.dataset import ParticleDataset
     from cryoai_core.io.star import write_star
     from cryoai_core.train.checkpoint import restore_learner
-    from cryoai_core.train.export import predict_and_score, table_with_prediction
+    from cryoai_core.train.export import predict_and_score
     from cryoai_core.train.learner import CryoAILearner
 
     state, config, table, box, device = validate_predict_poses(args)
@@ -95,9 +95,10 @@ def main(args):
     restore_learner(learner, state, with_optimizers=False)
     learner.to(device)
     std = state["progress"]["normalization"][1]
-    prediction = predict_and_score(learner, dataset, std, batch_size=args.batch_size, device=device,
-                                   progress_bar=not args.no_progress, refine=args.refine)
-    write_star(args.output, table_with_prediction(table, prediction))
+    with predict_and_score(learner, dataset, std, batch_size=args.batch_size, device=device,
+                           progress_bar=not args.no_progress, refine=args.refine,
+                           folder=os.path.dirname(os.path.abspath(args.output))) as prediction:
+        write_star(args.output, table, poses=prediction.chunks())
     logger.info("wrote the poses of %d particles to %s", len(table), args.output)
     print(f"poses: {args.output}")
     return 0

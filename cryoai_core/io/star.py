@@ -15,6 +15,7 @@ layout ``Job/jobNNN/file.star``). Writing produces RELION 3.1 with a ``# version
 table: without it RELION treats the file as 3.0 and tries to convert it (RELION issues #524, #707).
 """
 import csv
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -121,15 +122,18 @@ def write_star(path: str, table: ParticleTable, relative_to: str | None = None, 
     Rows are formatted and written :data:`STAR_CHUNK_ROWS` at a time, so memory does not grow with the
     number of particles beyond the table itself. ``poses``, when given, is an iterable of
     ``(start, euler_angles_degrees (b, 3), origins_angstrom (b, 2))`` chunks, in order and covering every
-    particle (e.g. predictions made while writing); otherwise the table's own poses (if any) are written.
+    particle (e.g. predictions made while writing), optionally with a fourth item ``{column: (b,) values}``
+    of per-particle columns to add or replace (e.g. a score); otherwise the table's own poses (if any) are
+    written.
     """
     folder = os.path.abspath(relative_to) if relative_to else os.path.dirname(os.path.abspath(path))
     optics, groups = _optics_table(table)
     if poses is None:
-        chunks = ((start, min(STAR_CHUNK_ROWS, len(table) - start), None, None)
+        chunks = ((start, min(STAR_CHUNK_ROWS, len(table) - start), None, None, {})
                   for start in range(0, len(table), STAR_CHUNK_ROWS))
     else:
-        chunks = ((start, len(angles), angles, origins) for start, angles, origins in poses)
+        chunks = ((chunk[0], len(chunk[1]), chunk[1], chunk[2], chunk[3] if len(chunk) > 3 else {})
+                  for chunk in poses)
     with atomic_open(path, "w") as handle:
         for line in StarWriter({"optics": optics}, float_format=FLOAT_FORMAT).lines():
             if line.startswith("data_"):
@@ -137,10 +141,10 @@ def write_star(path: str, table: ParticleTable, relative_to: str | None = None, 
             handle.write(line + "\n")
         handle.write(STAR_VERSION_LINE + "\n\n")
         written = 0
-        for start, count, angles, origins in chunks:
+        for start, count, angles, origins, columns in chunks:
             if start != written:
                 raise ValueError(f"{path}: pose chunks must follow each other (got particle {start} after {written})")
-            frame = _particle_frame(table, folder, groups, start, start + count, angles, origins)
+            frame = _particle_frame(table, folder, groups, start, start + count, angles, origins, columns)
             if written == 0:
                 _write_loop_header(handle, frame)
             _write_rows(handle, frame)
@@ -148,16 +152,19 @@ def write_star(path: str, table: ParticleTable, relative_to: str | None = None, 
         if written != len(table):
             raise ValueError(f"{path}: poses were given for {written} of {len(table)} particles")
         if written == 0:
-            _write_loop_header(handle, _particle_frame(table, folder, groups, 0, 0, None, None))
+            _write_loop_header(handle, _particle_frame(table, folder, groups, 0, 0, None, None, {}))
         handle.write("\n")
 
 
 def _particle_frame(table: ParticleTable, folder: str, groups: np.ndarray, start: int, stop: int, angles,
-                    origins) -> pd.DataFrame:
-    """The ``data_particles`` rows of particles ``start .. stop`` (with ``angles``/``origins`` if given)."""
+                    origins, added: dict) -> pd.DataFrame:
+    """The ``data_particles`` rows of particles ``start .. stop`` (with ``angles``/``origins`` and the
+    ``added`` columns if given)."""
     part = table.subset(np.arange(start, stop))
     if angles is not None:
         part = part.with_poses(angles, origins)
+    if added:
+        part = dataclasses.replace(part, extra_columns={**part.extra_columns, **added})
     count = len(part)
     columns = {"rlnImageName": _image_names(part, folder), "rlnOpticsGroup": groups[start:stop]}
     if part.ctf is not None:

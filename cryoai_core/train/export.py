@@ -1,8 +1,8 @@
 """What an ab initio run leaves behind: the map, the per-particle poses (star) and pictures."""
-import dataclasses
 import logging
 import os
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from cryoai_core.fourier import resample_volume
 from cryoai_core.io.dataset import ParticleDataset
 from cryoai_core.io.mrc import write_mrc
 from cryoai_core.io.particles import ParticleTable
-from cryoai_core.io.star import write_star
+from cryoai_core.io.star import STAR_CHUNK_ROWS, write_star
 from cryoai_core.rotations import geodesic_angle, matrix_to_euler
 from cryoai_core.train.distributed import Cluster
 from cryoai_core.train.score import SCORE_COLUMN, log_likelihood_ratios
@@ -39,33 +39,6 @@ def export_volume(learner, normalization_std: float, output_box: int) -> torch.T
     if output_box != box:
         volume = resample_volume(volume, output_box) * (box / output_box)
     return volume
-
-
-@dataclasses.dataclass
-class PosePrediction:
-    """Poses and fit terms of ``N`` particles."""
-
-    rotations: torch.Tensor
-    """``(N, 3, 3)`` RELION matrices."""
-    origins_angstrom: torch.Tensor
-    """``(N, 2)`` RELION origins, Å."""
-    distances: torch.Tensor
-    """``(N,)`` loss distance of each image to the map at its pose (full radius)."""
-    energies: torch.Tensor
-    """``(N,)`` distance of each image to an empty prediction."""
-    total_weight: float
-    """``Σ w`` of the full-radius half-disk (see :mod:`cryoai_core.train.score`)."""
-    encoder_rotations: torch.Tensor
-    """``(N, 3, 3)`` the encoder's own poses (equal to :attr:`rotations` without refinement)."""
-
-    @property
-    def euler_angles_degrees(self) -> np.ndarray:
-        return matrix_to_euler(self.rotations.double()).numpy()
-
-    @property
-    def scores(self) -> np.ndarray:
-        """Per-particle log-likelihood ratios against noise alone, nats."""
-        return log_likelihood_ratios(self.distances.numpy(), self.energies.numpy(), self.total_weight)
 
 
 @torch.no_grad()
@@ -113,49 +86,107 @@ def predict_all_poses(learner, dataset: ParticleDataset, normalization_std: floa
     return matrix_to_euler(rotations.double()).numpy(), origins.double().numpy(), rotations
 
 
+class ScoredPoses:
+    """Poses and scores of ``N`` particles, spilled to a temporary file and read back a chunk at a time.
+
+    Only ``N`` scalars per quantity stay in memory (the fit terms and the angle moved by refinement,
+    needed whole for the score's noise level); the poses themselves (5 float64 per particle) wait in an
+    unnamed temporary file until they are written to the star file.
+    """
+
+    def __init__(self, count: int, folder: str | None = None):
+        self.count = count
+        self.spill = tempfile.TemporaryFile(dir=folder)
+        self.distances = np.empty(count, dtype=np.float32)
+        """``(N,)`` loss distance of each image to the map at its pose (full radius)."""
+        self.energies = np.empty(count, dtype=np.float32)
+        """``(N,)`` distance of each image to an empty prediction."""
+        self.moved_degrees = np.empty(count, dtype=np.float32)
+        """``(N,)`` angle between each exported pose and the encoder's own (0 without refinement)."""
+        self.total_weight = float("nan")
+        """``Σ w`` of the full-radius half-disk (see :mod:`cryoai_core.train.score`)."""
+        self.shown_rotations = []
+        """``(3, 3)`` rotations of every ``stride``-th particle, for ``poses.png``."""
+        self.stride = -(-count // POSE_PLOT_MAX)
+
+    def add(self, start: int, rotations: torch.Tensor, origins_angstrom: torch.Tensor, encoded: torch.Tensor,
+            distances: torch.Tensor, energies: torch.Tensor) -> None:
+        """Record particles ``start .. start + b``: RELION rotations ``(b, 3, 3)``, origins ``(b, 2)`` Å, the
+        encoder's rotations ``(b, 3, 3)`` and the fit terms ``(b,)``; chunks must come in order."""
+        rotations = rotations.double().cpu()
+        chunk = slice(start, start + len(rotations))
+        poses = torch.cat([matrix_to_euler(rotations), origins_angstrom.double().cpu()], dim=1)
+        self.spill.write(np.ascontiguousarray(poses.numpy(), dtype=np.float64).tobytes())
+        self.distances[chunk] = distances.float().cpu().numpy()
+        self.energies[chunk] = energies.float().cpu().numpy()
+        self.moved_degrees[chunk] = torch.rad2deg(geodesic_angle(rotations, encoded.double().cpu())).numpy()
+        self.shown_rotations.append(rotations[(torch.arange(chunk.start, chunk.stop) % self.stride) == 0].float())
+
+    @property
+    def scores(self) -> np.ndarray:
+        """``(N,)`` per-particle log-likelihood ratios against noise alone, nats."""
+        return log_likelihood_ratios(self.distances, self.energies, self.total_weight)
+
+    def chunks(self, rows: int = STAR_CHUNK_ROWS):
+        """``(start, euler_angles_degrees (b, 3), origins_angstrom (b, 2), {SCORE_COLUMN: (b,)})`` in order,
+        for :func:`~cryoai_core.io.star.write_star`."""
+        scores = self.scores
+        self.spill.seek(0)
+        for start in range(0, self.count, rows):
+            stop = min(start + rows, self.count)
+            poses = np.frombuffer(self.spill.read((stop - start) * 5 * 8), dtype=np.float64).reshape(-1, 5)
+            yield start, poses[:, :3], poses[:, 3:], {SCORE_COLUMN: scores[start:stop]}
+
+    def log(self) -> None:
+        """One log line: how far the exported poses are from the encoder's own, and the score's spread."""
+        scores = self.scores
+        logger.info("poses: median %.1f° from the encoder's own; score (nats) median %.1f, 5th percentile %.1f",
+                    float(np.median(self.moved_degrees)), float(np.median(scores)), float(np.percentile(scores, 5)))
+
+    def close(self) -> None:
+        self.spill.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 @torch.no_grad()
 def predict_and_score(learner, dataset: ParticleDataset, normalization_std: float, batch_size: int = 256,
-                      device="cpu", progress_bar: bool = True, refine: bool | None = None) -> PosePrediction:
+                      device="cpu", progress_bar: bool = True, refine: bool | None = None,
+                      folder: str | None = None) -> ScoredPoses:
     """Poses of every particle: the encoder's, refined against the map when ``refine`` (default: when the run
     trained on refined poses, ``config.amortized_poses == "refined"``); per particle, the lower distance of
-    the local refinement and a global search wins (:meth:`CryoAILearner.refine_poses`)."""
+    the local refinement and a global search wins (:meth:`CryoAILearner.refine_poses`).
+
+    The poses go to a temporary file in ``folder`` (default: the system's); close the result (or use it
+    in a ``with`` block) once written."""
     refine = learner.config.amortized_poses == "refined" if refine is None else refine
     count = len(dataset)
-    rotations, origins, encoded = torch.empty(count, 3, 3), torch.empty(count, 2), torch.empty(count, 3, 3)
-    distances, energies = torch.empty(count), torch.empty(count)
+    result = ScoredPoses(count, folder)
     generator = torch.Generator().manual_seed(learner.config.seed)
     learner.forget_cached_map()
     starts = range(0, count, batch_size)
-    for start in tqdm(starts, desc="predict poses", unit="batch", disable=not progress_bar or not sys.stderr.isatty()):
-        indices = list(range(start, min(start + batch_size, count)))
-        batch = dataset.__getitems__(indices)
-        images = batch["image"].to(device) / normalization_std
-        ctf = batch["ctf"].to(device) if "ctf" in batch else None
-        rotation, origin = learner.predict_poses(images, ctf)
-        encoded[start:start + len(indices)] = rotation.float().cpu()
-        if refine:
-            rotation, origin = learner.refine_poses(images, ctf, rotation, origin, generator)
-        distance, energy = learner.fit_terms(images, ctf, rotation, origin)
-        chunk = slice(start, start + len(indices))
-        rotations[chunk], origins[chunk] = rotation.float().cpu(), origin.float().cpu()
-        distances[chunk], energies[chunk] = distance.float().cpu(), energy.float().cpu()
-    total_weight = learner.disk(learner.config.nyquist_radius_px).weights.sum().item()
-    return PosePrediction(rotations, origins, distances, energies, total_weight, encoded)
-
-
-def log_prediction(prediction: PosePrediction) -> None:
-    """One log line: how far the exported poses are from the encoder's own, and the score's spread."""
-    moved = torch.rad2deg(geodesic_angle(prediction.rotations.double(), prediction.encoder_rotations.double()))
-    scores = prediction.scores
-    logger.info("poses: median %.1f° from the encoder's own; score (nats) median %.1f, 5th percentile %.1f",
-                moved.median().item(), float(np.median(scores)), float(np.percentile(scores, 5)))
-
-
-def table_with_prediction(table: ParticleTable, prediction: PosePrediction) -> ParticleTable:
-    """``table`` with the predicted poses and the score column :data:`SCORE_COLUMN`."""
-    posed = table.with_poses(prediction.euler_angles_degrees, prediction.origins_angstrom.double().numpy())
-    columns = dict(posed.extra_columns, **{SCORE_COLUMN: prediction.scores})
-    return dataclasses.replace(posed, extra_columns=columns)
+    try:
+        for start in tqdm(starts, desc="predict poses", unit="batch",
+                          disable=not progress_bar or not sys.stderr.isatty()):
+            indices = list(range(start, min(start + batch_size, count)))
+            batch = dataset.__getitems__(indices)
+            images = batch["image"].to(device) / normalization_std
+            ctf = batch["ctf"].to(device) if "ctf" in batch else None
+            encoded, origin = learner.predict_poses(images, ctf)
+            rotation = encoded
+            if refine:
+                rotation, origin = learner.refine_poses(images, ctf, encoded, origin, generator)
+            distance, energy = learner.fit_terms(images, ctf, rotation, origin)
+            result.add(start, rotation, origin, encoded, distance, energy)
+        result.total_weight = learner.disk(learner.config.nyquist_radius_px).weights.sum().item()
+    except BaseException:
+        result.close()
+        raise
+    return result
 
 
 def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdir: str,
@@ -196,13 +227,13 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
         write_star(paths["particles"], table, poses=chunks())
         rotations = torch.cat(shown)
     else:
-        # One process: poses refined against the map and scored (the score's noise level is a median over
-        # every particle, so the N poses and scores are held, never the images).
-        prediction = predict_and_score(learner, dataset, normalization_std, device=device,
-                                       progress_bar=progress_bar)
-        write_star(paths["particles"], table_with_prediction(table, prediction))
-        rotations = prediction.rotations[::stride]
-        log_prediction(prediction)
+        # One process: poses refined against the map and scored. The score's noise level is a median over
+        # every particle, so a first pass spills the poses to a temporary file and a second streams them.
+        with predict_and_score(learner, dataset, normalization_std, device=device, progress_bar=progress_bar,
+                               folder=outdir) as prediction:
+            write_star(paths["particles"], table, poses=prediction.chunks())
+            rotations = torch.cat(prediction.shown_rotations)
+            prediction.log()
     paths["slices_png"] = plot_central_slices(os.path.join(outdir, "slices.png"), volume.numpy(),
                                               title="cryoAI ab initio map")
     paths["poses_png"] = plot_pose_distribution(os.path.join(outdir, "poses.png"), rotations.numpy())
