@@ -14,12 +14,18 @@ defocus (6ZU5); ``c`` as ``b`` with 15 % pure-noise junk. For each case and seed
 ``cryoai simulate``, runs ``cryoai abinit`` with its defaults and a time budget, and scores the map, the
 backprojected map and the half-map estimate (FSC against the truth after alignment, both hands, with
 :func:`cryoai_core.cli.evaluate.evaluate_map`) and the poses of the real (non-junk) particles
-(:func:`cryoai_core.evaluate.poses.pose_errors`). It prints one JSON line per run, then one line per case
-with the min / median / max of each figure.
+(:func:`cryoai_core.evaluate.poses.pose_errors`). The poses are scored three ways: the exported
+(refined) poses of the training particles, the encoder's own poses of the same particles
+(``predict-poses --no-refine``), and both kinds on a held-out set of unseen particles simulated with
+another seed (``--heldout``). With junk, the ROC AUC of the per-particle score (``rlnCryoaiScore``)
+for particles against junk is reported. Simulated sets are kept in the work folder and reused, so an
+ablation (``--extra``) trains on the same data. It prints one JSON line per run, then one line per
+case with the min / median / max of each figure.
 
 Examples:
     python benchmarks/realistic.py                              # the full suite: hours
     python benchmarks/realistic.py --cases a --seeds 1 --minutes 5 --particles 4000
+    python benchmarks/realistic.py --cases a --extra "--amortized-poses encoder"   # ablation
 """
 import argparse
 import json
@@ -54,7 +60,11 @@ CASES = {
 }
 """Each case: structure, particle box and pixel size (Å), SNR, particle count, shifts, budget (minutes)."""
 SUMMARY_FIGURES = ("fsc05_px", "fsc0143_px", "median_angle_degrees", "fraction_within_20_degrees",
+                   "encoder_median_angle_degrees", "heldout_median_angle_degrees",
+                   "heldout_encoder_median_angle_degrees", "junk_score_auc",
                    "half_map_fsc0143_px", "backprojected_fsc05_px", "backprojected_fsc0143_px")
+HELDOUT_SEED_OFFSET = 10_000
+"""Seed offset of the held-out set: the same structure and distributions, other particles."""
 
 
 def fetch(name: str) -> str:
@@ -133,21 +143,10 @@ def run(command: list, log: str) -> None:
                        stderr=subprocess.STDOUT)
 
 
-def run_case(name: str, seed: int, args) -> dict:
-    from cryoai_core.cli.evaluate import evaluate_map
-    from cryoai_core.evaluate.poses import pose_errors
-    from cryoai_core.io.star import read_star
-    from cryoai_core.relion_euler import euler_to_matrix
-    from cryoai_core.simulate import JUNK_COLUMN
-
-    case = dict(CASES[name])
-    particles = args.particles or case["particles"]
-    minutes = args.minutes or case["minutes"]
-    folder = os.path.join(args.workdir, f"{name}_seed{seed}")
-    os.makedirs(folder, exist_ok=True)
-    log = os.path.join(folder, "commands.log")
-    map_path, _ = structure_map(case, folder)
-    sim = os.path.join(folder, "sim")
+def simulate(case: dict, map_path: str, sim: str, particles: int, seed: int, log: str) -> None:
+    """Simulate ``particles`` images of the case into ``sim`` (kept and reused when already there)."""
+    if os.path.exists(os.path.join(sim, "particles.star")):
+        return
     command = ["simulate", map_path, "-o", sim, "-n", str(particles), "--box", str(case["box"]), "--pixel-size",
                str(case["pixel"]), "--snr", str(case["snr"]), "--seed", str(seed), "--no-progress"]
     if case.get("real_tables"):
@@ -157,13 +156,55 @@ def run_case(name: str, seed: int, args) -> dict:
         command += ["--shift-sigma", str(case["shift_sigma_px"] * case["pixel"])]
     if case.get("junk"):
         command += ["--junk-fraction", str(case["junk"])]
-    start = time.time()
     run(command, log)
+
+
+def predict(sim: str, checkpoint: str, output: str, refine: bool, args, log: str) -> str:
+    """``cryoai predict-poses`` of the particles in ``sim`` with the run's encoder (refined or not)."""
+    run(["predict-poses", os.path.join(sim, "particles.star"), "--checkpoint", checkpoint, "-o", output,
+         "--refine" if refine else "--no-refine", "--no-progress"], log)
+    return output
+
+
+def star_pose_errors(path: str, truth, selected) -> dict:
+    """Pose errors (best global rotation and hand) of the star ``path`` against ``truth`` on ``selected`` rows."""
+    from cryoai_core.evaluate.poses import pose_errors
+    from cryoai_core.io.star import read_star
+    from cryoai_core.relion_euler import euler_to_matrix
+
+    predicted = read_star(path)
+    pixel = truth.pixel_size_angstrom
+    return pose_errors(euler_to_matrix(predicted.euler_angles_degrees[selected]),
+                       euler_to_matrix(truth.euler_angles_degrees[selected]),
+                       predicted.origins_angstrom[selected] / pixel, truth.origins_angstrom[selected] / pixel)
+
+
+def run_case(name: str, seed: int, args) -> dict:
+    from cryoai_core.cli.evaluate import evaluate_map
+    from cryoai_core.evaluate.roc import roc_auc
+    from cryoai_core.io.star import read_star
+    from cryoai_core.simulate import JUNK_COLUMN
+    from cryoai_core.train.score import SCORE_COLUMN
+
+    case = dict(CASES[name])
+    particles = args.particles or case["particles"]
+    minutes = args.minutes or case["minutes"]
+    folder = os.path.join(args.workdir, f"{name}_seed{seed}")
+    os.makedirs(folder, exist_ok=True)
+    log = os.path.join(folder, "commands.log")
+    map_path, _ = structure_map(case, folder)
+    sim = os.path.join(folder, f"sim_{particles}")
+    start = time.time()
+    simulate(case, map_path, sim, particles, seed, log)
+    heldout = os.path.join(folder, f"heldout_{args.heldout}")
+    if args.heldout:
+        simulate(dict(case, junk=0.0), map_path, heldout, args.heldout, seed + HELDOUT_SEED_OFFSET, log)
     simulate_seconds = time.time() - start
-    out = os.path.join(folder, "run")
+    out = os.path.join(folder, "run-" + time.strftime("%Y%m%d-%H%M%S"))
+    extra = args.extra.split()
     start = time.time()
     run(["abinit", os.path.join(sim, "particles.star"), "-o", out, "--max-minutes", str(minutes), "--seed",
-         str(seed), "--no-progress"], log)
+         str(seed), "--threads", str(args.threads), "--no-progress"] + extra, log)
     abinit_seconds = time.time() - start
     reference = os.path.join(sim, "reference.mrc")
     network = evaluate_map(os.path.join(out, "volume.mrc"), reference, os.path.join(out, "eval_volume"))
@@ -171,14 +212,27 @@ def run_case(name: str, seed: int, args) -> dict:
                                  os.path.join(out, "eval_backprojected"))
     with open(os.path.join(out, "resolution.json")) as handle:
         half = json.load(handle)
-    truth, predicted = read_star(os.path.join(sim, "particles.star")), read_star(os.path.join(out, "particles.star"))
+    truth = read_star(os.path.join(sim, "particles.star"))
     real = np.ones(len(truth), dtype=bool)
     if JUNK_COLUMN in truth.extra_columns:
         real = np.asarray(truth.extra_columns[JUNK_COLUMN]) == 0
-    pixel = truth.pixel_size_angstrom
-    poses = pose_errors(euler_to_matrix(predicted.euler_angles_degrees[real]),
-                        euler_to_matrix(truth.euler_angles_degrees[real]),
-                        predicted.origins_angstrom[real] / pixel, truth.origins_angstrom[real] / pixel)
+    exported = os.path.join(out, "particles.star")
+    poses = star_pose_errors(exported, truth, real)
+    checkpoint = os.path.join(out, "checkpoint.pt")
+    encoder = star_pose_errors(predict(sim, checkpoint, os.path.join(out, "encoder_poses.star"), False, args, log),
+                               truth, real)
+    figures = {"encoder_median_angle_degrees": encoder["median_angle_degrees"]}
+    if args.heldout:
+        heldout_truth = read_star(os.path.join(heldout, "particles.star"))
+        everyone = np.ones(len(heldout_truth), dtype=bool)
+        for refine, key in ((True, "heldout"), (False, "heldout_encoder")):
+            path = predict(heldout, checkpoint, os.path.join(out, f"{key}_poses.star"), refine, args, log)
+            figures[f"{key}_median_angle_degrees"] = star_pose_errors(path, heldout_truth, everyone)[
+                "median_angle_degrees"]
+    if not real.all():
+        scores = read_star(exported).extra_columns.get(SCORE_COLUMN)
+        if scores is not None:
+            figures["junk_score_auc"] = roc_auc(np.asarray(scores, dtype=np.float64), real)
     return {
         "benchmark": "realistic", "case": name, "structure": case["structure"], "seed": seed,
         "box": case["box"], "pixel_size_angstrom": case["pixel"], "snr": case["snr"], "particles": particles,
@@ -193,7 +247,7 @@ def run_case(name: str, seed: int, args) -> dict:
         "half_map_fsc0143_px": half["resolution_angstrom"] / case["pixel"],
         "backprojected_fsc05_px": backprojected["resolution"]["0.5"]["pixels"],
         "backprojected_fsc0143_px": backprojected["resolution"]["0.143"]["pixels"],
-        "machine": args.machine,
+        "abinit_extra": args.extra, "threads": args.threads, **figures, "machine": args.machine,
     }
 
 
@@ -215,6 +269,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=os.path.join(CACHE, "runs"), help="folder for the runs")
     parser.add_argument("--machine", default="unspecified", help="free text recorded in each line")
     parser.add_argument("--output", default=None, help="also append the JSON lines to this file")
+    parser.add_argument("--heldout", type=int, default=2000,
+                        help="unseen particles whose poses predict-poses finds with the trained run (0: none)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of cryoai abinit (default 2)")
+    parser.add_argument("--extra", default="", help="more cryoai abinit options, e.g. '--amortized-poses encoder'")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for name in args.cases:
