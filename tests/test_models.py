@@ -1,5 +1,6 @@
 """FourierNet (Hermitian symmetry, map <-> slices), SIREN initialisation, the pose encoder, and the decoder's
 half-disk and origin phase, checked against analytic facts and the simulator."""
+import copy
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ from cryoai_core.fourier import fft2_centered, frequency_grid_2d, ifft3_centered
 from cryoai_core.models.encoder import GaussianBank, PoseEncoder
 from cryoai_core.models.forward_model import HalfDisk, render
 from cryoai_core.models.fouriernet import FourierNet
-from cryoai_core.models.siren import Siren
+from cryoai_core.models.siren import SineLayer, Siren
 from cryoai_core.rotations import random_rotations
 from cryoai_core.simulate import ImageSimulator, SimulationConfig
 from cryoai_core.slicing import central_slice_coords
@@ -113,6 +114,32 @@ def test_siren_initialisation_ranges_and_unit_scale_preactivations():
         after_first = siren.body[0](inputs)
         preactivation = omega * second(after_first)
     assert preactivation.std().item() == pytest.approx(1.0, rel=0.2)
+
+
+def test_sine_layer_is_the_sine_of_omega_times_the_affine_map_with_the_same_gradients():
+    torch.manual_seed(3)
+    layer = SineLayer(3, 8, omega_0=30.0, first=False)
+    inputs = torch.randn(2, 5, 3, requires_grad=True)
+    fused = layer(inputs)
+    expected = torch.sin(30.0 * (inputs @ layer.linear.weight.T + layer.linear.bias))
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=0)
+    weights = torch.randn(2, 5, 8)
+    fused_grads = torch.autograd.grad((fused * weights).sum(), [inputs, layer.linear.weight, layer.linear.bias])
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [inputs, layer.linear.weight, layer.linear.bias])
+    for got, want in zip(fused_grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=0)
+
+
+def test_pose_encoder_features_in_channels_last_layout_equal_the_plain_layout():
+    torch.manual_seed(4)
+    encoder = PoseEncoder(EncoderConfig(base_channels=4, max_channels=16, hidden_features=16), 32)
+    plain = copy.deepcopy(encoder.features).to(memory_format=torch.contiguous_format)
+    assert encoder.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.randn(6, 32, 32)
+    normalized = encoder.normalize(images)
+    latent = encoder.trunk(encoder.features(normalized.contiguous(memory_format=torch.channels_last)))
+    expected = encoder.trunk(plain(normalized.contiguous()))
+    torch.testing.assert_close(latent, expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("box", [32, 64])

@@ -12,6 +12,7 @@ import sys
 import traceback
 
 from cryoai_core import __version__
+from cryoai_core.allocator import retain_freed_memory
 from cryoai_core.errors import (EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED, EXIT_STORAGE, CryoAIError,
                                 InputError, Interrupted, describe_os_error)
 
@@ -115,6 +116,7 @@ def main(argv=None) -> int:
     """Entry point of the ``cryoai`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    retain_freed_memory()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                             datefmt="%H:%M:%S")

@@ -23,7 +23,10 @@ class SineLayer(nn.Module):
             self.linear.bias.uniform_(-bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.omega_0 * self.linear(x))
+        # ω0 (b + x Wᵀ) as one matrix product (its ``alpha`` and ``beta``), without a separate product by ω0.
+        flat = torch.addmm(self.linear.bias, x.reshape(-1, x.shape[-1]), self.linear.weight.t(),
+                           beta=self.omega_0, alpha=self.omega_0)
+        return torch.sin(flat).reshape(*x.shape[:-1], flat.shape[-1])
 
 
 class Siren(nn.Module):

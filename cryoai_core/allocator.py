@@ -1,0 +1,39 @@
+"""The process's memory allocator: keep freed memory for reuse instead of returning it to the system.
+
+A training step allocates and frees tensors of tens to hundreds of MiB (FourierNet's activations on every
+slice point, the search's score matrices). glibc's ``malloc`` serves blocks above its mmap threshold (at most
+32 MiB) with fresh ``mmap`` calls and unmaps them when freed, so every step faults in gigabytes of new zeroed
+pages: at 64 px the kernel's share of a step's CPU time was about as large as the computation's
+(``benchmarks/README.md``). :func:`retain_freed_memory` makes ``malloc`` take every block from its heap and
+never trim it, so a step reuses the pages of the previous one. The peak resident memory is unchanged (it is
+the peak of the live tensors); the process keeps it until it exits.
+"""
+import ctypes
+import ctypes.util
+import logging
+
+logger = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+"""``mallopt`` parameters (glibc ``malloc.h``)."""
+
+_INT_MAX = 2 ** 31 - 1
+
+
+def retain_freed_memory() -> bool:
+    """Ask glibc's ``malloc`` to serve large blocks from its heap and keep freed memory; True when applied.
+
+    A no-op returning False where the C library has no ``mallopt`` (macOS, musl) or refuses the setting.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    applied = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
+    if not applied:
+        logger.debug("malloc settings not applied: freed memory goes back to the system")
+    return applied
