@@ -17,6 +17,10 @@ is counted at its real rate. Random images stand in for particles (the cost of a
 their content). On CUDA the peak is ``torch.cuda.max_memory_allocated``; on CPU the process's peak resident
 set size.
 
+Wall-clock figures depend on what else runs on the machine; ``images_per_cpu_s_*`` divide by the process's
+CPU time (user + system, all threads) instead, which on a shared machine is the steadier figure to compare
+(with ``--threads 1`` it is the single-core rate the process would have on an idle core).
+
 Examples:
     python benchmarks/throughput.py --boxes 32 64 --threads 1
     python benchmarks/throughput.py --device cuda --boxes 64 128 256 --batch-size 256
@@ -55,7 +59,8 @@ def _batch(box: int, batch_size: int, device: str) -> tuple:
     return images, ctf
 
 
-def measure_training(box: int, phase: str, batch_size: int, steps: int, device: str) -> float:
+def measure_training(box: int, phase: str, batch_size: int, steps: int, device: str) -> tuple:
+    """``(images per wall-clock second, images per process CPU second)`` of training steps of ``phase``."""
     learner = _learner(box, batch_size, device, "refined" if phase == "refined" else "encoder")
     images, ctf = _batch(box, batch_size, device)
     generator = torch.Generator().manual_seed(0)
@@ -64,16 +69,17 @@ def measure_training(box: int, phase: str, batch_size: int, steps: int, device: 
     learner.phase = mode
     learner.step(images, ctf, progress, generator)
     _sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         learner.phase = mode
         learner.step(images, ctf, progress, generator)
     _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    return steps * batch_size / (time.perf_counter() - start), steps * batch_size / (time.process_time() - cpu_start)
 
 
 @torch.no_grad()
-def measure_prediction(box: int, refine: bool, batch_size: int, batches: int, device: str) -> float:
+def measure_prediction(box: int, refine: bool, batch_size: int, batches: int, device: str) -> tuple:
+    """``(images per wall-clock second, images per process CPU second)`` of pose prediction."""
     learner = _learner(box, batch_size, device, "refined")
     images, ctf = _batch(box, batch_size, device)
     generator = torch.Generator().manual_seed(0)
@@ -87,11 +93,11 @@ def measure_prediction(box: int, refine: bool, batch_size: int, batches: int, de
     learner.forget_cached_map()
     predict()
     _sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(batches):
         predict()
     _sync(device)
-    return batches * batch_size / (time.perf_counter() - start)
+    return batches * batch_size / (time.perf_counter() - start), batches * batch_size / (time.process_time() - cpu_start)
 
 
 def _retain_freed_memory() -> bool:
@@ -146,7 +152,8 @@ def main() -> None:
                                           args.predict_batches, args.device)
             else:
                 rate = measure_training(box, phase, args.batch_size, args.steps, args.device)
-            figures[f"images_per_s_{phase}_L{box}"] = round(rate, 1)
+            figures[f"images_per_s_{phase}_L{box}"] = round(rate[0], 1)
+            figures[f"images_per_cpu_s_{phase}_L{box}"] = round(rate[1], 1)
     figures["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     if args.device.startswith("cuda"):
         figures["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
