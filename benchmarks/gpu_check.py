@@ -38,8 +38,8 @@ def agreement(box: int = 64, batch_size: int = 64) -> dict:
     cuda = learner_for(box, batch_size, "cuda", bootstrap=False)
     images, ctf = batch(box, batch_size, "cpu")
     progress = cpu.config.schedule.marching_fraction
-    loss_cpu = cpu.step(images, ctf, progress).loss
-    loss_cuda = cuda.step(images.cuda(), ctf.cuda(), progress).loss
+    loss_cpu = float(cpu.step(images, ctf, progress).loss)
+    loss_cuda = float(cuda.step(images.cuda(), ctf.cuda(), progress).loss)
     decoder_cpu, decoder_cuda = cpu.decoder.state_dict(), cuda.decoder.state_dict()
     decoder_diff = max((decoder_cpu[name] - decoder_cuda[name].cpu()).abs().max().item() for name in decoder_cpu)
     with torch.no_grad():

@@ -38,8 +38,8 @@ def test_one_step_on_cuda_agrees_with_the_cpu():
     images = torch.randn(16, 32, 32, generator=torch.Generator().manual_seed(1))
     ctf = torch.tensor([[15000.0, 14500.0, 30.0, 300.0, 2.7, 0.1, 0.0, 0.0]]).repeat(16, 1)
     cpu, cuda = tiny("cpu"), tiny("cuda")
-    loss_cpu = cpu.step(images, ctf, 0.5).loss
-    loss_cuda = cuda.step(to_device(images, torch.device("cuda")), ctf.cuda(), 0.5).loss
+    loss_cpu = float(cpu.step(images, ctf, 0.5).loss)
+    loss_cuda = float(cuda.step(to_device(images, torch.device("cuda")), ctf.cuda(), 0.5).loss)
     assert loss_cuda == pytest.approx(loss_cpu, rel=2e-2)
     with torch.no_grad():
         cpu.eval(), cuda.eval()

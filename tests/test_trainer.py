@@ -10,7 +10,7 @@ from cryoai_core.io.mrc import read_mrc
 from cryoai_core.simulate import SimulationConfig, simulate
 from cryoai_core.train.config import build
 from cryoai_core.train.learner import CryoAILearner
-from cryoai_core.train.trainer import Trainer, TrainingInterrupted
+from cryoai_core.train.trainer import DivergenceWatch, Trainer, TrainingInterrupted
 
 BUILTIN = os.path.join(os.path.dirname(__file__), "..", "cryoai_core", "data", "4ake_L64_px1.5.mrc")
 
@@ -66,3 +66,28 @@ def test_progress_follows_the_epoch_budget(small_dataset, tmp_path):
     assert trainer.progress() == 0.0
     trainer.counters["images_seen"] = len(small_dataset)
     assert trainer.progress() == pytest.approx(0.5)
+
+
+def test_divergence_watch_keeps_the_first_non_finite_loss_until_read():
+    watch = DivergenceWatch()
+    assert watch.first() is None
+    for step, loss in enumerate([torch.tensor(1.0), torch.tensor(0.5), torch.tensor(float("inf")),
+                                 torch.tensor(float("nan"))], start=1):
+        watch.record(loss, step, "bootstrap" if step < 3 else "amortized")
+    assert watch.first() == (float("inf"), 3, "amortized")
+    floats = DivergenceWatch()
+    floats.record(2.0, 1, "amortized")
+    floats.record(float("nan"), 2, "amortized")
+    value, step, phase = floats.first()
+    assert value != value and step == 2 and phase == "amortized"
+
+
+def test_a_step_leaves_its_loss_and_agreement_on_the_device(small_dataset, tmp_path):
+    """The learner returns tensors; the trainer reads them at its own intervals (no wait per step on a GPU)."""
+    learner = make_trainer(small_dataset, tmp_path).learner
+    batch = small_dataset.__getitems__(list(range(8)))
+    result = learner.step(batch["image"], batch["ctf"], 0.0, torch.Generator().manual_seed(0))
+    assert result.phase == "bootstrap"
+    assert isinstance(result.loss, torch.Tensor) and result.loss.dim() == 0 and not result.loss.requires_grad
+    assert isinstance(result.agreement_degrees, torch.Tensor)
+    assert learner.agreement_degrees == pytest.approx(float(result.agreement_degrees))

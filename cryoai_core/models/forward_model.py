@@ -18,6 +18,7 @@ class HalfDisk:
         flat_index: ``(N,)`` indices into the flattened centred ``L x L`` spectrum.
         freqs_px: ``(N, 2)`` frequencies ``(kx, ky)`` in cycles per pixel.
         radius_px: ``(N,)`` radius in Fourier pixels.
+        max_radius_px: the largest of them, a Python float (read without waiting for a device).
         weights: ``(N,)`` 1 at the origin, 2 elsewhere.
     """
 
@@ -31,6 +32,7 @@ class HalfDisk:
         self.flat_index = torch.nonzero(keep).squeeze(1)
         self.freqs_px = freqs[self.flat_index]
         self.radius_px = radius[self.flat_index]
+        self.max_radius_px = float(self.radius_px.max()) if len(self.radius_px) else 0.0
         self.weights = torch.where(self.radius_px == 0, 1.0, 2.0)
 
     def __len__(self) -> int:

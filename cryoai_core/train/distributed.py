@@ -91,10 +91,11 @@ class Cluster:
         return out.to(tensor.device)
 
     def agree(self, loss: float, elapsed_s: float, stop: bool) -> tuple:
-        """``(mean loss, largest elapsed time, any stop request)`` over the ranks."""
+        """``(mean loss, largest elapsed time, any stop request)`` over the ranks (one process: as given, the
+        loss possibly a device tensor; several: a float, read from every rank at each step)."""
         if not self.distributed:
             return loss, elapsed_s, stop
-        values = self.gather(torch.tensor([[loss, elapsed_s, float(stop)]], dtype=torch.float64))
+        values = self.gather(torch.tensor([[float(loss), elapsed_s, float(stop)]], dtype=torch.float64))
         return values[:, 0].mean().item(), values[:, 1].max().item(), bool(values[:, 2].max().item() > 0)
 
     def require_same(self, description: dict) -> None:

@@ -38,10 +38,13 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class StepResult:
-    loss: float
+    """What a step reports. ``loss`` and ``agreement_degrees`` are 0-d tensors on the training device (or
+    floats): reading them waits for the step to finish on a GPU, so the trainer reads them at its intervals."""
+
+    loss: torch.Tensor | float
     phase: str
     radius_px: float
-    agreement_degrees: float = float("nan")
+    agreement_degrees: torch.Tensor | float = float("nan")
 
 
 def soft_circular_mask(box: int, radius_px: float, width_px: float, device=None) -> torch.Tensor:
@@ -74,7 +77,7 @@ class CryoAILearner(torch.nn.Module):
         self.decoder_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=lr.lr_decoder, amsgrad=True)
         self.register_buffer("mask", soft_circular_mask(config.box, config.mask_radius_px, config.mask.edge_width_px))
         self.phase = "bootstrap" if config.bootstrap.enabled else "amortized"
-        self.agreement_degrees = float("nan")
+        self._agreement = None
         self.steps = 0
         self._disks = {}
         self._grid = None
@@ -85,6 +88,15 @@ class CryoAILearner(torch.nn.Module):
         """DDP wrappers of the networks under torch.distributed (see ``train/distributed.py``), by name."""
         self.gather = _local
         """Concatenates a per-image tensor over the ranks (identity on one process)."""
+
+    @property
+    def agreement_degrees(self) -> float:
+        """Running median angle (degrees) between the encoder's poses and the poses it learns; NaN before any."""
+        return float("nan") if self._agreement is None else float(self._agreement)
+
+    @agreement_degrees.setter
+    def agreement_degrees(self, value: float) -> None:
+        self._agreement = None if math.isnan(value) else torch.tensor(float(value))
 
     def _replica(self, name: str):
         """The network ``name`` as a training step calls it: its DDP wrapper when distributed, else itself."""
@@ -126,7 +138,7 @@ class CryoAILearner(torch.nn.Module):
         else:
             loss = self._amortized_step(images, ctf, disk)
         self.steps += 1
-        return StepResult(loss, self.phase, radius, self.agreement_degrees)
+        return StepResult(loss, self.phase, radius, float("nan") if self._agreement is None else self._agreement)
 
     @property
     def at_safe_point(self) -> bool:
@@ -159,7 +171,7 @@ class CryoAILearner(torch.nn.Module):
     def cached_map(self, disk: HalfDisk):
         """FourierNet cached on a Fourier grid covering ``disk``: rebuilt every ``search.grid_refresh_steps``
         steps and whenever the disk outgrows it."""
-        radius = disk.radius_px.max().item()
+        radius = disk.max_radius_px
         stale = self.steps % self.config.search.grid_refresh_steps == 0 and self._grid_step != self.steps
         if self._grid is None or stale or self._grid_radius < radius:
             was_training = self.decoder.training
@@ -173,16 +185,18 @@ class CryoAILearner(torch.nn.Module):
         """Drop the cached map, so that the next search samples the decoder as it is now."""
         self._grid = None
 
-    def _bootstrap_step(self, images, ctf, disk, generator) -> float:
+    def _bootstrap_step(self, images, ctf, disk, generator) -> torch.Tensor:
         targets = self.spectra(images, disk)
         found = self.search.search(self.cached_map(disk), targets, ctf, disk, generator)
         loss = self._train_on_poses(images, targets, ctf, disk, found.rotations, found.origins_px)
-        if self.agreement_degrees < self.config.bootstrap.agreement_degrees \
-                and disk.radius_px.max() >= self.config.bootstrap_exit_radius_px:
+        # Checked when the search grid is refreshed: reading the agreement waits for the device.
+        if disk.max_radius_px >= self.config.bootstrap_exit_radius_px \
+                and self.steps % self.config.search.grid_refresh_steps == 0 \
+                and self.agreement_degrees < self.config.bootstrap.agreement_degrees:
             self._end_bootstrap(f"encoder agrees with the search within {self.agreement_degrees:.1f}°")
         return loss
 
-    def _refined_step(self, images, ctf, disk, generator) -> float:
+    def _refined_step(self, images, ctf, disk, generator) -> torch.Tensor:
         """Amortized phase with the search kept in the loop: the encoder proposes, a local refinement around
         its pose (and, every ``search.global_every`` steps, the global search) decides the pose that the
         decoder trains on and the encoder learns."""
@@ -202,7 +216,7 @@ class CryoAILearner(torch.nn.Module):
             origins_px = torch.where(better[:, None], searched.origins_px, origins_px)
         return self._train_on_poses(images, targets, ctf, disk, rotations, origins_px, encoded)
 
-    def _train_on_poses(self, images, targets, ctf, disk, rotations, origins_px, encoded=None) -> float:
+    def _train_on_poses(self, images, targets, ctf, disk, rotations, origins_px, encoded=None) -> torch.Tensor:
         """One decoder step on the given poses and one encoder step towards them; returns the decoder loss.
 
         ``encoded``: the encoder's ``(rotations, origins_angstrom)`` for ``images`` if already computed."""
@@ -217,13 +231,13 @@ class CryoAILearner(torch.nn.Module):
         encoder_loss = (rotation_error + self.config.bootstrap.shift_loss_weight * shift_error).mean()
         self._optimizer_step(self.encoder_optimizer, self.encoder.parameters(), encoder_loss)
 
-        median = self.gather(torch.rad2deg(geodesic_angle(encoded.detach(), rotations))).median().item()
+        median = self.gather(torch.rad2deg(geodesic_angle(encoded.detach(), rotations))).median()
         momentum = self.config.bootstrap.agreement_momentum
-        self.agreement_degrees = median if math.isnan(self.agreement_degrees) else \
-            momentum * self.agreement_degrees + (1 - momentum) * median
-        return decoder_loss.item()
+        self._agreement = median if self._agreement is None else \
+            momentum * self._agreement.to(median.device) + (1 - momentum) * median
+        return decoder_loss.detach()
 
-    def _amortized_step(self, images, ctf, disk) -> float:
+    def _amortized_step(self, images, ctf, disk) -> torch.Tensor:
         batch = images.shape[0]
         if self.config.symmetric_loss:
             images = torch.cat([images, rotate_180_in_plane(images)])
@@ -243,7 +257,7 @@ class CryoAILearner(torch.nn.Module):
         for network, optimizer in ((self.decoder, self.decoder_optimizer), (self.encoder, self.encoder_optimizer)):
             torch.nn.utils.clip_grad_norm_(network.parameters(), self.config.optimizer.grad_clip)
             optimizer.step()
-        return loss.item()
+        return loss.detach()
 
     @torch.no_grad()
     def predict_poses(self, images: torch.Tensor, ctf_params: torch.Tensor | None) -> tuple:

@@ -35,14 +35,17 @@ class ProgressLines:
         self._last_time = None
         self._last_phase = None
 
+    def due(self, phase: str, final: bool = False) -> bool:
+        """Whether :meth:`update` would print a line now (so that the caller reads the loss only then)."""
+        return (final or self._last_time is None or phase != self._last_phase
+                or self.clock() - self._last_time >= self.interval_s)
+
     def update(self, step: int, epoch: int, loss: float, phase: str, radius_px: float, fraction: float,
                elapsed_s: float, final: bool = False) -> str | None:
         """Print (and return) a line when one is due, else return ``None``."""
-        now = self.clock()
-        due = (final or self._last_time is None or phase != self._last_phase
-               or now - self._last_time >= self.interval_s)
-        if not due:
+        if not self.due(phase, final):
             return None
+        now = self.clock()
         self._last_time, self._last_phase = now, phase
         if self.epochs:
             epoch_text = f"epoch {min(epoch + 1, math.ceil(self.epochs))}/{self.epochs:g}"

@@ -5,7 +5,6 @@ from ``seed`` and ``e``, so that a run resumed from a checkpoint sees the same b
 seen. With an epoch budget (and no time budget) a resumed run reproduces the uninterrupted one.
 """
 import logging
-import math
 import os
 import signal
 import sys
@@ -29,6 +28,34 @@ logger = logging.getLogger(__name__)
 
 class TrainingInterrupted(Exception):
     """Raised after a checkpoint was written because the user asked the run to stop."""
+
+
+class DivergenceWatch:
+    """Remembers the first NaN or infinite loss of a run on the loss's device: recording a step does not
+    wait for it to finish; :meth:`first` (one read) does."""
+
+    def __init__(self):
+        self._step = self._value = None
+        self._phases = {}
+
+    def record(self, loss, step: int, phase: str) -> None:
+        """Note the loss (0-d tensor or float) of step ``step`` in phase ``phase``."""
+        loss = torch.as_tensor(loss).detach()
+        if self._step is None:
+            self._step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self._value = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        new = ~torch.isfinite(loss) & (self._step < 0)
+        self._step = torch.where(new, step, self._step)
+        self._value = torch.where(new, loss, self._value)
+        self._phases[step] = phase
+
+    def first(self) -> tuple | None:
+        """``(loss, step, phase)`` of the first non-finite loss recorded, or ``None``."""
+        step = -1 if self._step is None else int(self._step)
+        if step < 0:
+            self._phases.clear()
+            return None
+        return float(self._value), step, self._phases.get(step, "?")
 
 
 class Trainer:
@@ -68,6 +95,7 @@ class Trainer:
         self._checkpoints_written = 0
         self.metrics = MetricsLog(outdir)
         self.lines = ProgressLines(self.config.schedule.epochs)
+        self.divergence = DivergenceWatch()
 
     @property
     def checkpoint_path(self) -> str:
@@ -115,6 +143,7 @@ class Trainer:
             self.metrics.append(row)
 
     def _checkpoint(self) -> None:
+        self._check_divergence()
         if self.cluster.is_writer:
             progress = dict(self.counters, normalization=list(self.normalization))
             save_checkpoint(self.checkpoint_path, self.learner, progress, self.generator)
@@ -133,15 +162,16 @@ class Trainer:
 
     def _metrics_row(self, result, images_per_s: float) -> dict:
         return {"step": self.learner.steps, "epoch": self.counters["epoch"], "phase": result.phase,
-                "radius_px": f"{result.radius_px:.2f}", "loss": f"{result.loss:.6g}",
-                "agreement_degrees": f"{result.agreement_degrees:.2f}", "images_per_s": f"{images_per_s:.1f}",
+                "radius_px": f"{result.radius_px:.2f}", "loss": f"{float(result.loss):.6g}",
+                "agreement_degrees": f"{float(result.agreement_degrees):.2f}", "images_per_s": f"{images_per_s:.1f}",
                 "elapsed_s": f"{self.counters['elapsed_s']:.1f}"}
 
     def _report(self, result, final: bool = False) -> None:
-        if not self.cluster.is_writer:
+        if not self.cluster.is_writer or not self.lines.due(result.phase, final):
             return
-        self.lines.update(self.learner.steps, self.counters["epoch"], result.loss, result.phase, result.radius_px,
-                          self.progress(), self.counters["elapsed_s"], final=final)
+        self._check_divergence()
+        self.lines.update(self.learner.steps, self.counters["epoch"], float(result.loss), result.phase,
+                          result.radius_px, self.progress(), self.counters["elapsed_s"], final=final)
 
     def _install_signal_handlers(self) -> dict:
         previous = {}
@@ -191,21 +221,18 @@ class Trainer:
                                                                   self._stop_reason is not None)
                 if stop and self._stop_reason is None:
                     self._stop_reason = "another rank was asked to stop"
-                if not math.isfinite(result.loss):
-                    raise TrainingError(
-                        f"the loss became {result.loss} at step {self.learner.steps} (phase {result.phase}); the "
-                        "inputs passed their checks, so the optimisation diverged: try lower learning rates "
-                        "(--lr-encoder/--lr-decoder)" + (", then --resume" if self._checkpoints_written else ""))
+                self.divergence.record(result.loss, self.learner.steps, result.phase)
                 faults.hit("train-step")
                 self.counters["batch_in_epoch"] += 1
                 self.counters["images_seen"] += len(images) * self.cluster.world_size
                 self.counters["elapsed_s"] = elapsed_s
                 window_images += len(images) * self.cluster.world_size
                 if self.learner.steps % self.config.schedule.log_every == 0:
+                    self._check_divergence()
                     now = time.monotonic()
                     self._write_metrics(self._metrics_row(result, window_images / max(now - window_start, 1e-9)))
                     window_start, window_images = now, 0
-                    bar.set_postfix(loss=f"{result.loss:.4g}", phase=result.phase[:4],
+                    bar.set_postfix(loss=f"{float(result.loss):.4g}", phase=result.phase[:4],
                                     r=f"{result.radius_px:.0f}", refresh=False)
                 self._report(result)
                 bar.update(int(total * self.progress()) - bar.n)
@@ -230,8 +257,21 @@ class Trainer:
             self._report(result, final=True)
         self._checkpoint()
 
+    def _check_divergence(self) -> None:
+        """Raise :class:`TrainingError` if a loss so far was NaN or infinite. The losses stay on the device
+        during the steps; this reads them (a wait for the device), only where the trainer logs, prints a
+        progress line or writes a checkpoint."""
+        found = self.divergence.first()
+        if found is not None:
+            value, step, phase = found
+            raise TrainingError(
+                f"the loss became {value} at step {step} (phase {phase}); the inputs passed their checks, so the "
+                "optimisation diverged: try lower learning rates (--lr-encoder/--lr-decoder)"
+                + (", then --resume" if self._checkpoints_written else ""))
+
     def _final_row(self, result, window_images: int, window_start: float) -> None:
         """The metrics row of the last step, unless it was logged already (runs of any length end with one)."""
+        self._check_divergence()
         if self.metrics.last_step != self.learner.steps:
             rate = window_images / max(time.monotonic() - window_start, 1e-9) if window_images else 0.0
             self._write_metrics(self._metrics_row(result, rate))
