@@ -120,6 +120,29 @@ def rotate_180_in_plane(images: torch.Tensor) -> torch.Tensor:
     return flipped
 
 
+def rotate_quarter_turns_in_plane(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate images ``(B, L, L)`` by ``turns`` ``(B,)`` quarter turns (90°, from +x towards +y) about the box
+    centre (index ``L // 2``); exact, no interpolation.
+
+    With coordinates relative to the centre, one turn gives ``out[y, x] = in[-x, y]`` (indices modulo ``L``,
+    as in :func:`rotate_180_in_plane`): the content at ``(x, y)`` moves to ``(-y, x)``. The pose of the
+    result is :func:`cryoai_core.rotations.compose_in_plane_quarter_turns` of the image's pose.
+    """
+    box = images.shape[-1]
+    if images.shape[-2] != box:
+        raise ValueError(f"quarter turns need square images, got {tuple(images.shape[-2:])}")
+    relative = torch.arange(box, device=images.device) - box // 2
+    rows, cols = torch.meshgrid(relative, relative, indexing="ij")
+    source_rows, source_cols = rows, cols
+    sources = []
+    for _ in range(4):
+        sources.append(((source_rows + box // 2) % box * box + (source_cols + box // 2) % box).reshape(-1))
+        source_rows, source_cols = -source_cols, source_rows
+    table = torch.stack(sources)                                                    # (4, L*L)
+    index = table[turns.to(images.device).long() % 4]                               # (B, L*L)
+    return images.reshape(images.shape[0], -1).gather(1, index).reshape(images.shape)
+
+
 def _crop_or_pad_centered(spectrum: torch.Tensor, new_box: int, ndim: int) -> torch.Tensor:
     old_box = spectrum.shape[-1]
     if new_box == old_box:

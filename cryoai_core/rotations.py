@@ -84,3 +84,18 @@ def compose_in_plane_180(matrices: torch.Tensor) -> torch.Tensor:
                         dtype=matrices.dtype, device=matrices.device)
     return flip @ matrices
 
+
+def compose_in_plane_quarter_turns(matrices: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Poses ``(B, 3, 3)`` of images rotated by ``turns`` ``(B,)`` quarter turns in plane
+    (:func:`cryoai_core.fourier.rotate_quarter_turns_in_plane`): ``A' = R_z(turns · 90°) A``."""
+    angles = turns.to(matrices.dtype) * (torch.pi / 2)
+    return in_plane_rotations(angles) @ matrices
+
+
+def in_plane_rotations(angles_radians: torch.Tensor) -> torch.Tensor:
+    """Rotations ``(B, 3, 3)`` about z by ``angles_radians`` ``(B,)`` (from +x towards +y); their upper-left
+    ``2 x 2`` block turns image vectors such as origins."""
+    cos, sin = torch.cos(angles_radians).round(decimals=12), torch.sin(angles_radians).round(decimals=12)
+    zero, one = torch.zeros_like(cos), torch.ones_like(cos)
+    return torch.stack([cos, -sin, zero, sin, cos, zero, zero, zero, one], dim=-1).reshape(-1, 3, 3)
+

@@ -29,7 +29,8 @@ def save_checkpoint(path: str, learner, progress: dict, generator: torch.Generat
         "encoder_optimizer": learner.encoder_optimizer.state_dict(),
         "decoder_optimizer": learner.decoder_optimizer.state_dict(),
         "learner": {"phase": learner.phase, "agreement_degrees": learner.agreement_degrees,
-                    "steps": learner.steps},
+                    "steps": learner.steps,
+                    "memory": None if learner.memory is None else learner.memory.state_dict()},
         "progress": dict(progress),
         "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()},
     }
@@ -87,6 +88,12 @@ def restore_learner(learner, state: dict, generator: torch.Generator | None = No
     except (RuntimeError, ValueError, KeyError) as error:
         reason = " ".join(str(error).split())[:200]
         raise InputError(f"the checkpoint's networks do not match its configuration ({reason})") from None
+    memory = state["learner"].get("memory")
+    if learner.memory is not None and memory is not None:
+        try:
+            learner.memory.load_state_dict(memory)
+        except (KeyError, ValueError) as error:
+            raise InputError(f"the checkpoint's pose memory does not fit this data set ({error})") from None
     learner.phase = state["learner"]["phase"]
     learner.agreement_degrees = state["learner"]["agreement_degrees"]
     learner.steps = state["learner"]["steps"]

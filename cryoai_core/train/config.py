@@ -101,6 +101,9 @@ class SearchConfig:
     local_shift_px: float = setting(1.0, "first translation step of the local refinement around an encoder "
                                          "pose, training pixels (then halved)")
     global_every: int = setting(4, "in the refined amortized phase, every n-th step also runs the global search")
+    keep_best: bool = setting(True, "forget each particle's best pose between its visits (by default it is kept, "
+                                    "re-scored against the current map at the next visit and competes with the "
+                                    "encoder's proposal and the global search)")
     grid_refresh_steps: int = setting(10, "steps between refreshes of the cached FourierNet grid")
     grid_oversampling: int = setting(2, "oversampling of the cached FourierNet grid")
 
@@ -128,6 +131,9 @@ class BootstrapConfig:
     agreement_momentum: float = setting(0.9, "momentum of the running median disagreement")
     shift_loss_weight: float = setting(0.05, "weight of the encoder's squared shift error (px²) against its "
                                              "squared Frobenius error")
+    quarter_turns: bool = setting(True, "teach the encoder on the images as they are only (by default each image "
+                                        "is turned by a random multiple of 90° in plane, with its pose turned "
+                                        "alike: exact, four times the views)")
     exit_radius_px: float = setting(8.0, "the early exit waits until the loss radius reaches this (capped "
                                          "at the training box's Nyquist radius)")
 

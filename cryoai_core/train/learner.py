@@ -15,6 +15,12 @@ Two phases share the same networks:
   local refinement around its pose (27 rotations x 9 shifts, a few rounds) and, every few steps, the
   global search give the pose that the decoder trains on and that the encoder learns, as in the bootstrap.
 
+In both searching modes each particle's best pose is kept between its visits (``search.keep_best``,
+:class:`~cryoai_core.train.pose_memory.PoseMemory`): re-scored against the current map, it competes with
+the search's pose (bootstrap) or is the start of the local refinement when it explains the image better
+than the encoder's proposal (refined phase). The encoder learns the winning poses on images turned by
+random quarter turns with their poses turned alike (``bootstrap.quarter_turns``), an exact augmentation.
+
 Coarse-to-fine frequency marching limits the loss to a Fourier radius that grows with training. Every
 setting and tuning constant comes from :class:`~cryoai_core.train.config.TrainConfig`.
 """
@@ -25,14 +31,16 @@ import math
 import torch
 
 from cryoai_core.ctf import CTFParams, compute_ctf
-from cryoai_core.fourier import fft2_centered, rotate_180_in_plane
+from cryoai_core.fourier import fft2_centered, rotate_180_in_plane, rotate_quarter_turns_in_plane
 from cryoai_core.models.encoder import PoseEncoder
 from cryoai_core.models.forward_model import HalfDisk, render
 from cryoai_core.models.fouriernet import FourierNet
 from cryoai_core.pose_search import PoseSearch, network_grid
-from cryoai_core.rotations import compose_in_plane_180, geodesic_angle
+from cryoai_core.rotations import compose_in_plane_180, compose_in_plane_quarter_turns, geodesic_angle, \
+    in_plane_rotations
 from cryoai_core.train.config import TrainConfig
 from cryoai_core.train.loss import symmetrized_loss, weighted_distances
+from cryoai_core.train.pose_memory import PoseMemory
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +92,9 @@ class CryoAILearner(torch.nn.Module):
         self._grid_radius = 0.0
         self._grid_step = -1
         self._search = None
+        self.memory = None
+        self._indices = None
+        """Each particle's best pose so far (:meth:`attach_memory`), or ``None``."""
         self.replicas = {}
         """DDP wrappers of the networks under torch.distributed (see ``train/distributed.py``), by name."""
         self.gather = _local
@@ -102,6 +113,11 @@ class CryoAILearner(torch.nn.Module):
         """The network ``name`` as a training step calls it: its DDP wrapper when distributed, else itself."""
         replica = self.replicas.get(name)
         return getattr(self, name) if replica is None else replica
+
+    def attach_memory(self, num_particles: int) -> None:
+        """Keep the best pose of each of ``num_particles`` particles (if ``search.keep_best``); :meth:`step`
+        then needs the particles' indices."""
+        self.memory = PoseMemory(num_particles) if self.config.search.keep_best else None
 
     def disk(self, radius_px: float) -> HalfDisk:
         key = int(math.ceil(radius_px))
@@ -123,8 +139,13 @@ class CryoAILearner(torch.nn.Module):
         return compute_ctf(freqs, CTFParams.from_array(ctf_params)).float()
 
     def step(self, images: torch.Tensor, ctf_params: torch.Tensor | None, progress: float,
-             generator: torch.Generator | None = None) -> StepResult:
-        """One optimisation step on a batch; ``progress`` ∈ [0, 1] drives marching and the phase switch."""
+             generator: torch.Generator | None = None, indices: torch.Tensor | None = None) -> StepResult:
+        """One optimisation step on a batch; ``progress`` ∈ [0, 1] drives marching and the phase switch.
+
+        ``indices`` ``(B,)``: the images' particle indices in the data set (needed with a pose memory)."""
+        if self.memory is not None and indices is None:
+            raise ValueError("a learner with a pose memory needs the particle indices of every batch")
+        self._indices = indices
         self.train()
         radius = self.radius_at(progress)
         disk = self.disk(radius)
@@ -187,8 +208,12 @@ class CryoAILearner(torch.nn.Module):
 
     def _bootstrap_step(self, images, ctf, disk, generator) -> torch.Tensor:
         targets = self.spectra(images, disk)
-        found = self.search.search(self.cached_map(disk), targets, ctf, disk, generator)
-        loss = self._train_on_poses(images, targets, ctf, disk, found.rotations, found.origins_px)
+        grid = self.cached_map(disk)
+        found = self.search.search(grid, targets, ctf, disk, generator)
+        rotations, origins_px, _ = self._recall(grid, targets, ctf, disk, found.rotations, found.origins_px,
+                                                found.distances)
+        self._remember(rotations, origins_px)
+        loss = self._train_on_poses(images, targets, ctf, disk, rotations, origins_px)
         # Checked when the search grid is refreshed: reading the agreement waits for the device.
         if disk.max_radius_px >= self.config.bootstrap_exit_radius_px \
                 and self.steps % self.config.search.grid_refresh_steps == 0 \
@@ -203,9 +228,11 @@ class CryoAILearner(torch.nn.Module):
         config = self.config
         targets = self.spectra(images, disk)
         grid = self.cached_map(disk)
-        encoded = self._replica("encoder")(images)[:2]
-        proposed, proposed_origins = encoded[0].detach(), encoded[1].detach()
-        found = self.search.refine(grid, targets, ctf, disk, proposed, proposed_origins / config.pixel_size_angstrom,
+        turns, encoded = self._encode(images)
+        proposed, proposed_origins_px = self._turned_back(encoded[0].detach(), encoded[1].detach(), turns)
+        distances = self.search.distances(grid, targets, ctf, disk, proposed, proposed_origins_px)
+        start, start_origins_px, _ = self._recall(grid, targets, ctf, disk, proposed, proposed_origins_px, distances)
+        found = self.search.refine(grid, targets, ctf, disk, start, start_origins_px,
                                    config.search.local_rotation_degrees, config.search.local_shift_px,
                                    config.search.refine_steps)
         rotations, origins_px = found.rotations, found.origins_px
@@ -214,18 +241,57 @@ class CryoAILearner(torch.nn.Module):
             better = searched.distances < found.distances
             rotations = torch.where(better[:, None, None], searched.rotations, rotations)
             origins_px = torch.where(better[:, None], searched.origins_px, origins_px)
-        return self._train_on_poses(images, targets, ctf, disk, rotations, origins_px, encoded)
+        self._remember(rotations, origins_px)
+        return self._train_on_poses(images, targets, ctf, disk, rotations, origins_px, (turns, encoded))
+
+    def _recall(self, grid, targets, ctf, disk, rotations, origins_px, distances) -> tuple:
+        """Per image, the better of the given pose (its distance ``distances``) and the remembered one, re-scored
+        against ``grid``: ``(rotations, origins_px, distances)``."""
+        if self.memory is None:
+            return rotations, origins_px, distances
+        kept, kept_origins_px, known = self.memory.get(self._indices, rotations.device)
+        if not known.any():
+            return rotations, origins_px, distances
+        kept_distances = self.search.distances(grid, targets, ctf, disk, kept, kept_origins_px)
+        better = known & (kept_distances < distances)
+        return (torch.where(better[:, None, None], kept, rotations),
+                torch.where(better[:, None], kept_origins_px, origins_px),
+                torch.where(better, kept_distances, distances))
+
+    def _remember(self, rotations, origins_px) -> None:
+        if self.memory is not None:
+            self.memory.put(self.gather(self._indices.to(rotations.device)), self.gather(rotations),
+                            self.gather(origins_px))
+
+    def _encode(self, images) -> tuple:
+        """``(turns (B,), (rotations, origins_angstrom))``: the encoder's output on the images turned by random
+        quarter turns (``bootstrap.quarter_turns``; else no turns), in the turned frame."""
+        if self.config.bootstrap.quarter_turns:
+            turns = torch.randint(4, (len(images),), device=images.device)
+            images = rotate_quarter_turns_in_plane(images, turns)
+        else:
+            turns = torch.zeros(len(images), dtype=torch.long, device=images.device)
+        return turns, self._replica("encoder")(images)[:2]
+
+    def _turned_back(self, rotations, origins_angstrom, turns) -> tuple:
+        """Poses in the turned frame -> ``(rotations, origins_px)`` of the images as they are."""
+        back = in_plane_rotations(-turns.to(rotations.dtype) * (math.pi / 2)).to(rotations.device)
+        origins = (back[:, :2, :2] @ origins_angstrom.unsqueeze(-1)).squeeze(-1)
+        return back @ rotations, origins / self.config.pixel_size_angstrom
 
     def _train_on_poses(self, images, targets, ctf, disk, rotations, origins_px, encoded=None) -> torch.Tensor:
         """One decoder step on the given poses and one encoder step towards them; returns the decoder loss.
 
-        ``encoded``: the encoder's ``(rotations, origins_angstrom)`` for ``images`` if already computed."""
+        ``encoded``: ``(turns, (rotations, origins_angstrom))`` of :meth:`_encode` if already computed."""
         rotations, origins_px = rotations.to(images.device), origins_px.to(images.device)
         predicted = render(self._replica("decoder"), rotations, origins_px, ctf, disk)
         decoder_loss = weighted_distances(predicted, targets, disk.weights).mean()
         self._optimizer_step(self.decoder_optimizer, self.decoder.parameters(), decoder_loss)
 
-        encoded, origins_angstrom = self._replica("encoder")(images)[:2] if encoded is None else encoded
+        turns, (encoded, origins_angstrom) = self._encode(images) if encoded is None else encoded
+        turn = in_plane_rotations(turns.to(rotations.dtype) * (math.pi / 2)).to(rotations.device)
+        rotations = compose_in_plane_quarter_turns(rotations, turns)
+        origins_px = (turn[:, :2, :2] @ origins_px.unsqueeze(-1)).squeeze(-1)
         rotation_error = ((encoded - rotations) ** 2).sum(dim=(-2, -1))
         shift_error = ((origins_angstrom / self.config.pixel_size_angstrom - origins_px) ** 2).sum(dim=-1)
         encoder_loss = (rotation_error + self.config.bootstrap.shift_loss_weight * shift_error).mean()

@@ -80,6 +80,7 @@ class Trainer:
         self.learner = learner
         self.config = learner.config
         self.dataset = dataset
+        learner.attach_memory(len(dataset))
         self.outdir = outdir
         os.makedirs(outdir, exist_ok=True)
         self.normalization = tuple(float(value) for value in normalization)
@@ -216,7 +217,7 @@ class Trainer:
                                      f"{batch['index'][:3].tolist()}...)")
                 images = to_device(batch["image"], self.device) / std
                 ctf = to_device(batch["ctf"], self.device) if "ctf" in batch else None
-                result = self.learner.step(images, ctf, self.progress(), self.generator)
+                result = self.learner.step(images, ctf, self.progress(), self.generator, indices=batch["index"])
                 result.loss, elapsed_s, stop = self.cluster.agree(result.loss, time.monotonic() - clock,
                                                                   self._stop_reason is not None)
                 if stop and self._stop_reason is None:
