@@ -10,10 +10,16 @@ For each mode, ``cryoai abinit`` trains on a simulated set with the same budget;
 Rotation errors are medians in degrees after the best global alignment (both hands); shift errors are
 medians in pixels. The raw lines are appended to ``--results``.
 
+``--variant NAME --abinit-args "..."`` runs ``cryoai abinit`` with extra options and names the line, e.g. the
+settings before the pose memory, the quarter turns and the wider mask
+(``--no-search-keep-best --no-bootstrap-quarter-turns --mask-default-fraction 0.9``).
+
 Examples:
     python benchmarks/ablation_refine.py --num-particles 1500 --epochs 8 --modes encoder
     python benchmarks/ablation_refine.py --num-particles 1500 --epochs 8 --modes refined
     python benchmarks/ablation_refine.py --num-particles 1500 --epochs 8 --shift-sigma 7 --tag offcentre
+    python benchmarks/ablation_refine.py --map emd21457.mrc --tag emd21457 --modes refined --variant before \
+        --abinit-args "--no-search-keep-best --no-bootstrap-quarter-turns --mask-default-fraction 0.9"
 """
 import argparse
 import json
@@ -72,6 +78,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--modes", default="encoder,refined")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default="defaults", help="name of the abinit settings in the JSON lines")
+    parser.add_argument("--abinit-args", default="", help="extra options of cryoai abinit, one string")
     args = parser.parse_args()
 
     cli = [sys.executable, "-m", "cryoai_core.cli"]
@@ -81,14 +89,16 @@ def main() -> None:
     reference = os.path.join(os.path.dirname(train), "reference.mrc")
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     for mode in args.modes.split(","):
-        run_dir = os.path.join(args.outdir, f"run_{case}_{mode}_{int(time.time())}")
+        run_dir = os.path.join(args.outdir, f"run_{case}_{mode}_{args.variant}_{int(time.time())}")
         start = time.time()
         run(cli + ["abinit", train, "-o", run_dir, "--epochs", str(args.epochs), "--seed", str(args.seed),
-                   "--amortized-poses", mode, "--threads", str(args.threads), "--no-progress"])
+                   "--amortized-poses", mode, "--threads", str(args.threads), "--no-progress"]
+            + shlex.split(args.abinit_args))
         wall = time.time() - start
         checkpoint = os.path.join(run_dir, "checkpoint.pt")
         report = evaluate_map(os.path.join(run_dir, "volume.mrc"), reference, run_dir)
         figures = {"benchmark": "ablation_refine", "case": args.tag, "amortized_poses": mode,
+                   "variant": args.variant, "abinit_args": args.abinit_args,
                    "num_particles": args.num_particles, "box": args.box, "snr": args.snr,
                    "shift_sigma_angstrom": args.shift_sigma, "seed": args.seed, "budget_epochs": args.epochs,
                    "wall_s_abinit_incl_export": round(wall, 1),

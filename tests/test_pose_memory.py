@@ -56,9 +56,10 @@ def test_the_memory_stores_and_returns_poses_by_particle():
 
 
 def refined_learner(**changes):
-    return CryoAILearner(config(box=BOX, input_box=BOX, pixel_size_angstrom=PIXEL, input_pixel_size_angstrom=PIXEL,
-                                mask_radius_angstrom=BOX * PIXEL, bootstrap=False, amortized_poses="refined",
-                                search_global_every=1000, search_rotations=256, **changes))
+    values = dict(box=BOX, input_box=BOX, pixel_size_angstrom=PIXEL, input_pixel_size_angstrom=PIXEL,
+                  mask_radius_angstrom=BOX * PIXEL, bootstrap=False, amortized_poses="refined",
+                  search_global_every=1000, search_rotations=256)
+    return CryoAILearner(config(**dict(values, **changes)))
 
 
 @pytest.mark.parametrize("keep_best", [True, False])
@@ -110,3 +111,4 @@ def test_the_memory_travels_with_the_checkpoint(tmp_path):
     restore_learner(restored, read_checkpoint(path))
     torch.testing.assert_close(restored.memory.rotations, rotations)
     assert restored.memory.known.all()
+
