@@ -117,7 +117,7 @@ class CryoAILearner(torch.nn.Module):
     def attach_memory(self, num_particles: int) -> None:
         """Keep the best pose of each of ``num_particles`` particles (if ``search.keep_best``); :meth:`step`
         then needs the particles' indices."""
-        self.memory = PoseMemory(num_particles) if self.config.search.keep_best else None
+        self.memory = PoseMemory(num_particles, self.mask.device) if self.config.search.keep_best else None
 
     def disk(self, radius_px: float) -> HalfDisk:
         key = int(math.ceil(radius_px))
@@ -249,9 +249,7 @@ class CryoAILearner(torch.nn.Module):
         against ``grid``: ``(rotations, origins_px, distances)``."""
         if self.memory is None:
             return rotations, origins_px, distances
-        kept, kept_origins_px, known = self.memory.get(self._indices, rotations.device)
-        if not known.any():
-            return rotations, origins_px, distances
+        kept, kept_origins_px, known = self.memory.get(self._indices)
         kept_distances = self.search.distances(grid, targets, ctf, disk, kept, kept_origins_px)
         better = known & (kept_distances < distances)
         return (torch.where(better[:, None, None], kept, rotations),
@@ -260,7 +258,7 @@ class CryoAILearner(torch.nn.Module):
 
     def _remember(self, rotations, origins_px) -> None:
         if self.memory is not None:
-            self.memory.put(self.gather(self._indices.to(rotations.device)), self.gather(rotations),
+            self.memory.put(self.gather(self._indices.to(rotations.device, non_blocking=True)), self.gather(rotations),
                             self.gather(origins_px))
 
     def _encode(self, images) -> tuple:
