@@ -86,7 +86,7 @@ def test_a_step_leaves_its_loss_and_agreement_on_the_device(small_dataset, tmp_p
     """The learner returns tensors; the trainer reads them at its own intervals (no wait per step on a GPU)."""
     learner = make_trainer(small_dataset, tmp_path).learner
     batch = small_dataset.__getitems__(list(range(8)))
-    result = learner.step(batch["image"], batch["ctf"], 0.0, torch.Generator().manual_seed(0))
+    result = learner.step(batch["image"], batch["ctf"], 0.0, torch.Generator().manual_seed(0), indices=batch["index"])
     assert result.phase == "bootstrap"
     assert isinstance(result.loss, torch.Tensor) and result.loss.dim() == 0 and not result.loss.requires_grad
     assert isinstance(result.agreement_degrees, torch.Tensor)

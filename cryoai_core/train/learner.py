@@ -258,8 +258,8 @@ class CryoAILearner(torch.nn.Module):
 
     def _remember(self, rotations, origins_px) -> None:
         if self.memory is not None:
-            self.memory.put(self.gather(self._indices.to(rotations.device, non_blocking=True)), self.gather(rotations),
-                            self.gather(origins_px))
+            indices = self._indices.to(rotations.device, non_blocking=True)
+            self.memory.put(self.gather(indices), self.gather(rotations), self.gather(origins_px))
 
     def _encode(self, images) -> tuple:
         """``(turns (B,), (rotations, origins_angstrom))``: the encoder's output on the images turned by random
