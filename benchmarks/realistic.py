@@ -247,6 +247,7 @@ def run_case(name: str, seed: int, args) -> dict:
         "half_map_fsc0143_px": half["resolution_angstrom"] / case["pixel"],
         "backprojected_fsc05_px": backprojected["resolution"]["0.5"]["pixels"],
         "backprojected_fsc0143_px": backprojected["resolution"]["0.143"]["pixels"],
+        "half_maps_gold_standard_rounds": half.get("gold_standard_rounds", 0),
         "abinit_extra": args.extra, "threads": args.threads, **figures, "machine": args.machine,
     }
 

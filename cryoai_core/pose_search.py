@@ -145,7 +145,8 @@ class PoseSearch:
     def refine(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,
                rotations: torch.Tensor, origins_px: torch.Tensor, rotation_step_degrees: float,
                shift_step_px: float, steps: int) -> SearchResult:
-        """Local refinement of the poses ``rotations`` ``(B, 3, 3)``, ``origins_px`` ``(B, 2)`` (see the module)."""
+        """Local refinement of the poses ``rotations`` ``(B, 3, 3)``, ``origins_px`` ``(B, 2)`` (see the module);
+        ``shift_step_px = 0`` keeps the origins."""
         batch = _Batch(targets, ctf, disk)
         return self._refine(volume, batch, rotations.float(), origins_px.float(), rotation_step_degrees,
                             shift_step_px, steps)
@@ -164,7 +165,8 @@ class PoseSearch:
         best = self._distances(volume, batch, rotations.unsqueeze(1), origins_px.unsqueeze(1))[:, 0, 0]
         for _ in range(steps):
             candidates = rotations.unsqueeze(1) @ roma.rotvec_to_rotmat(_UNIT_3D.to(device) * rotation_step)
-            shifts = origins_px.unsqueeze(1) + _UNIT_2D.to(device) * shift_step                 # (B, 9, 2)
+            unit_shifts = _UNIT_2D if shift_step > 0 else _UNIT_2D[4:5]                        # (0, 0) alone
+            shifts = origins_px.unsqueeze(1) + unit_shifts.to(device) * shift_step             # (B, 9 or 1, 2)
             scores = self._distances(volume, batch, candidates, shifts).reshape(len(rotations), -1)
             flat = scores.argmin(dim=1)
             improved = scores[index, flat] < best

@@ -12,7 +12,11 @@ apodization (gridding correction, :func:`cryoai_core.slicing.trilinear_apodizati
 ``τ = σ²/S(k)`` is the noise-to-signal power ratio per image. It is measured from the two half maps:
 with ``W̄`` the mean weight of a half map in a shell, ``FSC = S W̄ / (S W̄ + σ²)``, so
 ``τ = W̄ (1 - FSC) / FSC`` (the same ratio serves the full map, whose ``W̄`` and FSC are both larger).
-Half maps are first reconstructed with the floor ``τ = TAU_FLOOR · W̄``, then again with the measured τ.
+Half maps are first reconstructed with the floor ``τ = tau_floor · W̄``, then again with the measured τ
+(settings: :class:`~cryoai_core.train.config.HalfMapConfig`).
+
+These half maps are independent only when the poses were found apart for each half; the half maps of
+poses predicted from every particle are refined apart by :mod:`cryoai_core.gold_standard`.
 
 Units: a map voxel is ``F / pixel_size`` in DFT terms, the inverse of :meth:`VoxelFourierVolume.project`
 on a common grid, so noise-free data reproduce the map they were projected from (band-limited to Nyquist).
@@ -30,18 +34,9 @@ from cryoai_core.fourier import crop_or_pad_real, fft2_centered, frequency_grid_
     ifft3_centered, translation_phase
 from cryoai_core.rotations import euler_to_matrix
 from cryoai_core.slicing import central_slice_coords, trilinear_apodization
+from cryoai_core.train.config import HalfMapConfig
 
 logger = logging.getLogger(__name__)
-
-PADDING = 2
-"""Fineness of the 3D Fourier grid relative to the images' (2 keeps trilinear insertion errors small)."""
-TAU_FLOOR = 1e-3
-"""Smallest Wiener constant, as a fraction of a shell's mean weight (keeps empty or rare voxels finite)."""
-FSC_FLOOR = 1e-3
-"""Half-map FSC below which a shell counts as noise when measuring τ (τ is then W̄ / FSC_FLOOR)."""
-HALF_MAP_THRESHOLD = 0.143
-"""FSC between independent half maps that defines the gold-standard resolution."""
-
 
 class FourierAccumulator:
     """CTF-weighted sums of image transforms and of squared CTFs on a padded 3D Fourier grid.
@@ -52,7 +47,7 @@ class FourierAccumulator:
         padding: padding factor; the grid has ``M = padding · L`` points a side.
     """
 
-    def __init__(self, box: int, pixel_size_angstrom: float, padding: int = PADDING):
+    def __init__(self, box: int, pixel_size_angstrom: float, padding: int = HalfMapConfig.padding):
         if box < 4 or box % 2:
             raise ValueError(f"the box must be even and at least 4 pixels, got {box}")
         if not pixel_size_angstrom > 0:
@@ -145,8 +140,11 @@ class HalfMapResult:
         halves: ``(N,)`` int8, the half (1 or 2) of each particle.
         frequencies: ``(L // 2 + 1,)`` shell frequencies in cycles per pixel.
         fsc: ``(L // 2 + 1,)`` FSC between the half maps.
-        resolution_pixels: where that FSC falls below 0.143 (2.0 = Nyquist).
+        resolution_pixels: where that FSC falls below the threshold (2.0 = Nyquist).
         pixel_size_angstrom: pixel size of the maps.
+        euler_angles_degrees, origins_angstrom: ``(N, 3)``, ``(N, 2)`` the poses the maps were made with.
+        fsc_threshold: the gold-standard FSC threshold.
+        refine_rounds: rounds of gold-standard refinement behind the poses (0: the poses as given).
     """
 
     half1: np.ndarray
@@ -157,10 +155,38 @@ class HalfMapResult:
     fsc: np.ndarray
     resolution_pixels: float
     pixel_size_angstrom: float
+    euler_angles_degrees: np.ndarray
+    origins_angstrom: np.ndarray
+    fsc_threshold: float
+    refine_rounds: int = 0
 
     @property
     def resolution_angstrom(self) -> float:
         return self.resolution_pixels * self.pixel_size_angstrom
+
+
+SUBSET_COLUMN = "rlnRandomSubset"
+"""RELION's half-set column: the half (1 or 2) of each particle, kept by RELION and cryoSPARC, so that a
+refinement started from ``particles.star`` keeps the split of the half maps."""
+
+
+def halves_of(table, seed: int) -> np.ndarray:
+    """``(N,)`` int8: the halves of ``table``'s :data:`SUBSET_COLUMN` when it holds a valid split (every
+    particle in 1 or 2, both halves used), else a random 50/50 split (:func:`split_halves`)."""
+    values = table.extra_columns.get(SUBSET_COLUMN)
+    if values is not None:
+        halves = np.asarray(values)
+        if halves.shape == (len(table),) and np.isin(halves, (1, 2)).all() and len(np.unique(halves)) == 2:
+            return halves.astype(np.int8)
+        logger.warning("%s does not split the particles into halves 1 and 2: a new random split is made",
+                       SUBSET_COLUMN)
+    return split_halves(len(table), seed)
+
+
+def with_halves(table, seed: int):
+    """``table`` with its halves (:func:`halves_of`) in the column :data:`SUBSET_COLUMN`."""
+    columns = dict(table.extra_columns, **{SUBSET_COLUMN: halves_of(table, seed).astype(np.int64)})
+    return dataclasses.replace(table, extra_columns=columns)
 
 
 def split_halves(count: int, seed: int) -> np.ndarray:
@@ -174,7 +200,7 @@ def split_halves(count: int, seed: int) -> np.ndarray:
 
 
 def accumulate(dataset, euler_angles_degrees: np.ndarray, origins_angstrom: np.ndarray,
-               indices: np.ndarray, batch_size: int = 256, padding: int = PADDING,
+               indices: np.ndarray, batch_size: int = 256, padding: int = HalfMapConfig.padding,
                progress: bool = False) -> FourierAccumulator:
     """Insert the particles ``indices`` of a :class:`~cryoai_core.io.dataset.ParticleDataset` with the given
     poses (``(N, 3)`` RELION Euler degrees, ``(N, 2)`` origins Å, rows of the whole data set)."""
@@ -190,43 +216,61 @@ def accumulate(dataset, euler_angles_degrees: np.ndarray, origins_angstrom: np.n
     return accumulator
 
 
-def wiener_tau(fsc: np.ndarray, mean_weight: torch.Tensor) -> torch.Tensor:
+def wiener_tau(fsc: np.ndarray, mean_weight: torch.Tensor, config: HalfMapConfig = HalfMapConfig()) -> torch.Tensor:
     """``τ = W̄ (1 - FSC) / FSC`` per shell from a half-map FSC and a half map's mean weight per shell,
-    floored at ``TAU_FLOOR · W̄``."""
-    fsc = torch.as_tensor(fsc, dtype=torch.float64).clamp(FSC_FLOOR, 1.0)
-    return torch.maximum(mean_weight * (1.0 - fsc) / fsc, TAU_FLOOR * mean_weight)
+    floored at ``config.tau_floor · W̄`` (shells with an FSC below ``config.fsc_floor`` count as noise)."""
+    fsc = torch.as_tensor(fsc, dtype=torch.float64).clamp(config.fsc_floor, 1.0)
+    return torch.maximum(mean_weight * (1.0 - fsc) / fsc, config.tau_floor * mean_weight)
+
+
+def reconstruct_halves(dataset, euler_angles_degrees: np.ndarray, origins_angstrom: np.ndarray,
+                       halves: np.ndarray, config: HalfMapConfig = HalfMapConfig(), batch_size: int = 256,
+                       progress: bool = False) -> HalfMapResult:
+    """Half maps of a given split ``halves`` ``(N,)`` (1 or 2 per particle), backprojected with the given
+    poses, their FSC and resolution, and the map of all particles (see :func:`reconstruct_half_maps`)."""
+    count = len(dataset)
+    if len(euler_angles_degrees) != count or len(origins_angstrom) != count:
+        raise ValueError(f"{len(euler_angles_degrees)} poses for {count} particles")
+    halves = np.asarray(halves, dtype=np.int8)
+    if halves.shape != (count,) or not np.isin(halves, (1, 2)).all() or len(np.unique(halves)) != 2:
+        raise ValueError("the split must give every particle a half, 1 or 2, and both halves particles")
+    first = accumulate(dataset, euler_angles_degrees, origins_angstrom, np.flatnonzero(halves == 1),
+                       batch_size, config.padding, progress)
+    second = accumulate(dataset, euler_angles_degrees, origins_angstrom, np.flatnonzero(halves == 2),
+                        batch_size, config.padding, progress)
+    mean_weight = 0.5 * (first.shell_mean_weight() + second.shell_mean_weight())
+    floor = config.tau_floor * mean_weight
+    frequencies, fsc_raw = fsc_curve(first.volume(floor), second.volume(floor))
+    tau = wiener_tau(fsc_raw, mean_weight, config)
+    half1, half2 = first.volume(tau), second.volume(tau)
+    frequencies, fsc = fsc_curve(half1, half2)
+    full = first.merged(second).volume(tau)
+    resolution = resolution_at(frequencies, fsc, config.fsc_threshold)
+    logger.info("half maps: %d + %d particles, FSC=%.3f resolution %.2f px (%.2f Å)", int((halves == 1).sum()),
+                int((halves == 2).sum()), config.fsc_threshold, resolution, resolution * dataset.pixel_size_angstrom)
+    return HalfMapResult(half1, half2, full, halves, frequencies, fsc, resolution, dataset.pixel_size_angstrom,
+                         np.asarray(euler_angles_degrees, dtype=np.float64),
+                         np.asarray(origins_angstrom, dtype=np.float64), config.fsc_threshold)
 
 
 def reconstruct_half_maps(dataset, euler_angles_degrees: np.ndarray, origins_angstrom: np.ndarray,
-                          seed: int = 0, batch_size: int = 256, padding: int = PADDING,
+                          seed: int = 0, batch_size: int = 256, config: HalfMapConfig = HalfMapConfig(),
                           progress: bool = False) -> HalfMapResult:
-    """Half maps on a random 50/50 split, their FSC and 0.143 resolution, and the map of all particles.
+    """Half maps on a random 50/50 split backprojected with the given poses, their FSC and resolution, and
+    the map of all particles. The FSC is a gold-standard one only when the poses were found apart for
+    each half (:mod:`cryoai_core.gold_standard` refines them apart).
 
     Args:
         dataset: the particles (images at ``dataset.box``, CTF when the table has one).
-        euler_angles_degrees: ``(N, 3)`` RELION angles of every particle (e.g. the predicted poses).
+        euler_angles_degrees: ``(N, 3)`` RELION angles of every particle.
         origins_angstrom: ``(N, 2)`` RELION origins in Å.
         seed: seed of the split.
     """
     count = len(dataset)
     if len(euler_angles_degrees) != count or len(origins_angstrom) != count:
         raise ValueError(f"{len(euler_angles_degrees)} poses for {count} particles")
-    halves = split_halves(count, seed)
-    first = accumulate(dataset, euler_angles_degrees, origins_angstrom, np.flatnonzero(halves == 1),
-                       batch_size, padding, progress)
-    second = accumulate(dataset, euler_angles_degrees, origins_angstrom, np.flatnonzero(halves == 2),
-                        batch_size, padding, progress)
-    mean_weight = 0.5 * (first.shell_mean_weight() + second.shell_mean_weight())
-    floor = TAU_FLOOR * mean_weight
-    frequencies, fsc_raw = fsc_curve(first.volume(floor), second.volume(floor))
-    tau = wiener_tau(fsc_raw, mean_weight)
-    half1, half2 = first.volume(tau), second.volume(tau)
-    frequencies, fsc = fsc_curve(half1, half2)
-    full = first.merged(second).volume(tau)
-    resolution = resolution_at(frequencies, fsc, HALF_MAP_THRESHOLD)
-    logger.info("half maps: %d + %d particles, FSC=%.3f resolution %.2f px (%.2f Å)", int((halves == 1).sum()),
-                int((halves == 2).sum()), HALF_MAP_THRESHOLD, resolution, resolution * dataset.pixel_size_angstrom)
-    return HalfMapResult(half1, half2, full, halves, frequencies, fsc, resolution, dataset.pixel_size_angstrom)
+    return reconstruct_halves(dataset, euler_angles_degrees, origins_angstrom, split_halves(count, seed), config,
+                              batch_size, progress)
 
 
 HALF_MAP_FILES = {"half1": "half1.mrc", "half2": "half2.mrc", "volume_backprojected": "volume_backprojected.mrc",
@@ -256,20 +300,23 @@ def write_half_maps(result: HalfMapResult, outdir: str, output_box: int, output_
             tensor = resample_volume(tensor, output_box)
         write_mrc(paths[name], tensor.numpy().astype(np.float32), output_pixel_size_angstrom)
     plot_fsc(paths["fsc_halves_png"], {"half 1 vs half 2": (result.frequencies, result.fsc)},
-             result.pixel_size_angstrom, thresholds=(HALF_MAP_THRESHOLD,))
+             result.pixel_size_angstrom, thresholds=(result.fsc_threshold,))
     document = {
-        "fsc_threshold": HALF_MAP_THRESHOLD,
+        "fsc_threshold": result.fsc_threshold,
         "resolution_angstrom": result.resolution_angstrom,
         "resolution_pixels": result.resolution_pixels,
         "pixel_size_angstrom": result.pixel_size_angstrom,
         "particles_per_half": [int((result.halves == 1).sum()), int((result.halves == 2).sum())],
         "split_seed": int(seed),
-        "method": "direct Fourier inversion with the CTF, Wiener-filtered, poses of particles.star",
+        "gold_standard_rounds": int(result.refine_rounds),
+        "method": ("direct Fourier inversion with the CTF, Wiener-filtered, "
+                   + (f"each half's poses refined against its own half map ({result.refine_rounds} rounds)"
+                      if result.refine_rounds else "poses as given")),
         "frequencies_per_angstrom": (np.asarray(result.frequencies) / result.pixel_size_angstrom).tolist(),
         "fsc": np.asarray(result.fsc).tolist(),
     }
     with atomic_open(paths["resolution"]) as handle:
         json.dump(document, handle, indent=1)
-    logger.info("gold-standard resolution (half maps, FSC=%.3f): %.2f Å", HALF_MAP_THRESHOLD,
+    logger.info("gold-standard resolution (half maps, FSC=%.3f): %.2f Å", result.fsc_threshold,
                 result.resolution_angstrom)
     return paths

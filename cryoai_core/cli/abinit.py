@@ -2,9 +2,10 @@
 
 Reads a RELION 3.0/3.1 star (or a cryoSPARC .cs) with CTF parameters, trains the pose encoder and
 FourierNet, and writes OUTDIR/volume.mrc (input box and pixel size), OUTDIR/particles.star (every
-particle with its predicted pose, RELION convention, ready for refinement), half maps of a random 50/50
-split backprojected with those poses (OUTDIR/half1.mrc, half2.mrc, volume_backprojected.mrc,
-fsc_halves.png and the FSC=0.143 resolution in resolution.json; --no-half-maps skips them), OUTDIR/checkpoint.pt,
+particle with its predicted pose, RELION convention, ready for refinement, and its half in
+rlnRandomSubset), gold-standard half maps of that random 50/50 split, each half's poses refined against
+its own map (OUTDIR/half1.mrc, half2.mrc, volume_backprojected.mrc, fsc_halves.png and the FSC=0.143
+resolution in resolution.json; --no-half-maps skips them), OUTDIR/checkpoint.pt,
 OUTDIR/config.yaml, OUTDIR/metrics.csv, OUTDIR/run.log and pictures (loss.png, poses.png, slices.png).
 A stopped run (Ctrl-C, SIGTERM, time limit of a queue) keeps its checkpoint: add --resume to continue.
 
@@ -156,15 +157,18 @@ def add_log_file(outdir: str) -> logging.Handler:
 
 
 def half_maps(dataset, particles_star: str, config, outdir: str, progress: bool = True) -> float:
-    """Backproject the training particles (``dataset``, no poses of its own) with the predicted poses of
-    ``particles_star`` into half maps at the training box, write them at the input box
+    """Gold-standard half maps of the training particles (``dataset``, no poses of its own) on the split of
+    ``particles_star`` (``rlnRandomSubset``), their poses, read from it, refined apart
+    (:mod:`cryoai_core.gold_standard`) at the training box; write them at the input box
     (:func:`cryoai_core.reconstruct.write_half_maps`); return the gold-standard resolution in Å."""
+    from cryoai_core.gold_standard import gold_standard_half_maps
     from cryoai_core.io.star import read_star
-    from cryoai_core.reconstruct import reconstruct_half_maps, write_half_maps
+    from cryoai_core.reconstruct import halves_of, write_half_maps
 
     predicted = read_star(particles_star)
-    result = reconstruct_half_maps(dataset, predicted.euler_angles_degrees, predicted.origins_angstrom,
-                                   seed=config.seed, progress=progress)
+    result = gold_standard_half_maps(dataset, predicted.euler_angles_degrees, predicted.origins_angstrom,
+                                     seed=config.seed, config=config.half_maps, search_config=config.search,
+                                     halves=halves_of(predicted, config.seed), progress=progress)
     write_half_maps(result, outdir, predicted.box, predicted.pixel_size_angstrom, config.seed)
     return result.resolution_angstrom
 

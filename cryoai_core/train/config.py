@@ -2,8 +2,8 @@
 
 A :class:`TrainConfig` holds the run's geometry and method choices and one frozen group per part of the
 method: :class:`EncoderConfig`, :class:`FourierNetConfig`, :class:`SearchConfig`, :class:`BootstrapConfig`,
-:class:`ScheduleConfig`, :class:`OptimizerConfig` and :class:`MaskConfig`. It is saved whole (nested) as
-``OUTDIR/config.yaml`` and in checkpoints.
+:class:`ScheduleConfig`, :class:`OptimizerConfig`, :class:`MaskConfig` and :class:`HalfMapConfig`. It is
+saved whole (nested) as ``OUTDIR/config.yaml`` and in checkpoints.
 
 Each field that a user may set carries its help text in its metadata (for a boolean that defaults to true,
 the help says what its ``--no-`` option does); :mod:`cryoai_core.train.config_flags`
@@ -212,9 +212,40 @@ class MaskConfig:
         _require(self.edge_width_px > 0, "--mask-edge-width-px must be positive")
 
 
+@dataclasses.dataclass(frozen=True)
+class HalfMapConfig:
+    """Half maps after training (``cryoai_core/reconstruct.py``) and their gold-standard refinement, each
+    half's poses refined against that half's own map (``cryoai_core/gold_standard.py``)."""
+
+    PREFIX = "half_maps"
+    rounds: int = setting(3, "rounds of gold-standard refinement: each half's rotations refined locally against its "
+                             "own map; 0 backprojects the predicted poses as they are, whose half-map FSC is "
+                             "optimistic (noise aligned alike in both halves)")
+    start_fraction: float = setting(0.25, "the first round compares images with their half map up to at most this "
+                                          "fraction of Nyquist")
+    start_fsc: float = setting(0.5, "the first round compares images with their half map only up to where the "
+                                    "FSC of the half maps of the predicted poses falls below this")
+    fsc_threshold: float = setting(0.143, "FSC between independent half maps that defines the gold-standard "
+                                          "resolution")
+    padding: int = setting(2, "fineness of the 3D Fourier grid of the backprojection relative to the images' "
+                              "(2 keeps trilinear insertion errors small)")
+    tau_floor: float = setting(1e-3, "smallest Wiener constant, as a fraction of a shell's mean weight (keeps empty "
+                                     "or rare voxels finite)")
+    fsc_floor: float = setting(1e-3, "half-map FSC below which a shell counts as noise when measuring the Wiener "
+                                     "constant (τ is then W̄ / fsc_floor)")
+
+    def __post_init__(self):
+        _require(self.rounds >= 0, f"--half-maps-rounds must be ≥ 0, got {self.rounds}")
+        _require(0 < self.start_fraction <= 1,
+                 f"--half-maps-start-fraction must lie in (0, 1], got {self.start_fraction}")
+        _require(0 < self.start_fsc < 1, f"--half-maps-start-fsc must lie in (0, 1), got {self.start_fsc}")
+        _require(0 < self.fsc_threshold < 1 and 0 < self.fsc_floor < 1 and self.tau_floor > 0 and self.padding >= 1,
+                 "half-map FSC thresholds must lie in (0, 1), the Wiener floor be positive and the padding ≥ 1")
+
+
 GROUPS = {"encoder": EncoderConfig, "fouriernet": FourierNetConfig, "search": SearchConfig,
           "bootstrap": BootstrapConfig, "schedule": ScheduleConfig, "optimizer": OptimizerConfig,
-          "mask": MaskConfig}
+          "mask": MaskConfig, "half_maps": HalfMapConfig}
 """The groups of a :class:`TrainConfig`, by attribute name."""
 
 
@@ -244,6 +275,7 @@ class TrainConfig:
     bootstrap: BootstrapConfig = setting(factory=BootstrapConfig)
     optimizer: OptimizerConfig = setting(factory=OptimizerConfig)
     mask: MaskConfig = setting(factory=MaskConfig)
+    half_maps: HalfMapConfig = setting(factory=HalfMapConfig)
 
     def __post_init__(self):
         _require(self.box >= MIN_BOX and self.box % 2 == 0,

@@ -14,6 +14,7 @@ from cryoai_core.io.dataset import ParticleDataset
 from cryoai_core.io.mrc import write_mrc
 from cryoai_core.io.particles import ParticleTable
 from cryoai_core.io.star import STAR_CHUNK_ROWS, write_star
+from cryoai_core.reconstruct import with_halves
 from cryoai_core.rotations import geodesic_angle, matrix_to_euler
 from cryoai_core.train.distributed import Cluster
 from cryoai_core.train.score import SCORE_COLUMN, log_likelihood_ratios
@@ -192,7 +193,8 @@ def predict_and_score(learner, dataset: ParticleDataset, normalization_std: floa
 def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdir: str,
                   normalization_std: float, device="cpu", progress_bar: bool = True,
                   cluster: Cluster | None = None) -> dict:
-    """Write ``volume.mrc``, ``particles.star`` and the PNGs; return their paths.
+    """Write ``volume.mrc``, ``particles.star`` (with the half of each particle, ``rlnRandomSubset``) and the
+    PNGs; return their paths.
 
     Under torch.distributed every rank calls it: the poses are predicted by all ranks, and rank 0 alone
     writes (the others return an empty dict).
@@ -202,6 +204,7 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
 
     cluster = cluster or Cluster()
     progress_bar = progress_bar and sys.stderr.isatty() and cluster.is_writer
+    table = with_halves(table, learner.config.seed)
     faults.hit("export-start")
     learner.to(device)
     paths = {"volume": os.path.join(outdir, "volume.mrc"), "particles": os.path.join(outdir, "particles.star")}

@@ -1,0 +1,116 @@
+"""Gold-standard half maps: poses fitted to a map of every particle make plain half maps claim Nyquist;
+refined apart, the half maps' resolution follows the full map's resolution against the truth.
+
+Gold-standard relation (see ``test_reconstruct.py``): half maps at FSC 0.143 predict the full map against
+the truth at 0.5. The truth is the simulator's reference map (blobs, :mod:`reference_formulas`).
+"""
+import os
+
+import numpy as np
+import pytest
+import roma
+import torch
+
+from cryoai_core.evaluate.fsc import fsc_curve, resolution_at
+from cryoai_core.fourier import fft2_centered
+from cryoai_core.gold_standard import _HalfRefiner, gold_standard_half_maps, reference_grid
+from cryoai_core.io.dataset import ParticleDataset
+from cryoai_core.io.mrc import read_mrc
+from cryoai_core.io.star import read_star
+from cryoai_core.models.forward_model import HalfDisk, render
+from cryoai_core.reconstruct import accumulate, reconstruct_half_maps
+from cryoai_core.ctf import CTFParams, compute_ctf
+from cryoai_core.rotations import euler_to_matrix, matrix_to_euler
+from cryoai_core.simulate import SimulationConfig, simulate
+from cryoai_core.train.config import HalfMapConfig, SearchConfig
+from reference_formulas import blob_volume
+from test_reconstruct import BLOBS, BOX, VOXEL
+
+SEARCH = SearchConfig()
+
+
+def simulated(folder, **options):
+    config = SimulationConfig(**{"num_particles": 1500, "seed": 1, "shift_sigma_angstrom": 3.0,
+                                 "defocus_median_angstrom": 10000.0, **options})
+    simulate(blob_volume(BLOBS, BOX, VOXEL).astype(np.float32), VOXEL, config, str(folder), progress=False)
+    table = read_star(os.path.join(folder, "particles.star"))
+    reference, _ = read_mrc(os.path.join(folder, "reference.mrc"))
+    return table, ParticleDataset(table), reference.astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    return simulated(tmp_path_factory.mktemp("noisy"), snr=0.1)
+
+
+def truth_resolution(result, reference) -> float:
+    frequencies, fsc = fsc_curve(result.full, reference)
+    return resolution_at(frequencies, fsc, 0.5)
+
+
+def test_reference_grid_slices_are_the_image_transforms(tmp_path):
+    table, dataset, reference = simulated(tmp_path, num_particles=8)
+    grid = reference_grid(reference, VOXEL)
+    disk = HalfDisk(BOX, BOX // 2 - 1)
+    batch = dataset.__getitems__(list(range(8)))
+    targets = disk.gather(fft2_centered(batch["image"].float()))
+    ctf = compute_ctf(disk.freqs_px.double() / VOXEL, CTFParams.from_array(batch["ctf"].double())).float()
+    rotations = euler_to_matrix(table.euler_angles_degrees).float()
+    rendered = render(grid, rotations, torch.as_tensor(table.origins_angstrom / VOXEL).float(), ctf, disk)
+    error = (rendered - targets).abs().norm(dim=-1) / targets.abs().norm(dim=-1)
+    assert error.max() < 0.05
+    wrong = render(grid, rotations.transpose(1, 2), torch.as_tensor(table.origins_angstrom / VOXEL).float(), ctf, disk)
+    assert ((wrong - targets).abs().norm(dim=-1) / targets.abs().norm(dim=-1)).min() > 0.2
+
+
+def test_poses_fitted_to_a_map_of_every_particle_overclaim_and_the_gold_standard_does_not(noisy):
+    """Einstein from noise: true poses refined against the map of all particles (as the export refines the
+    encoder's poses against the trained map) align the noise of both halves alike."""
+    table, dataset, reference = noisy
+    count = len(dataset)
+    full = accumulate(dataset, table.euler_angles_degrees, table.origins_angstrom, np.arange(count))
+    shared_map = full.volume(1e-3 * full.shell_mean_weight())
+    rotations = euler_to_matrix(table.euler_angles_degrees).float()
+    origins_px = torch.as_tensor(table.origins_angstrom / VOXEL).float()
+    _HalfRefiner(dataset, SEARCH, 256, False).run(shared_map, np.arange(count), rotations, origins_px, BOX // 2 - 1)
+    angles, origins = matrix_to_euler(rotations.double()).numpy(), origins_px.double().numpy() * VOXEL
+
+    plain = reconstruct_half_maps(dataset, angles, origins, seed=3)
+    assert plain.resolution_pixels < 0.8 * truth_resolution(plain, reference)  # claims more than the map has
+
+    gold = gold_standard_half_maps(dataset, angles, origins, seed=3, search_config=SEARCH)
+    truth = truth_resolution(gold, reference)
+    assert abs(gold.resolution_pixels - truth) / truth < 0.2
+    assert gold.refine_rounds == HalfMapConfig().rounds
+    np.testing.assert_array_equal(gold.halves, plain.halves)
+
+
+def test_random_poses_give_a_poor_gold_standard_resolution(noisy):
+    table, dataset, reference = noisy
+    count = len(dataset)
+    random = matrix_to_euler(roma.random_rotmat(count, generator=torch.Generator().manual_seed(5)).double()).numpy()
+    gold = gold_standard_half_maps(dataset, random, np.zeros((count, 2)), seed=3,
+                                   search_config=SEARCH)
+    assert gold.resolution_pixels > 6.0  # Nyquist is 2 px; true poses reach about 3.5 px (test above)
+    assert gold.resolution_pixels > 0.8 * truth_resolution(gold, reference)
+
+
+def test_no_rounds_backprojects_the_poses_as_given(noisy):
+    table, dataset, _ = noisy
+    subset = dataset  # every particle; the split is the seed's
+    given = gold_standard_half_maps(subset, table.euler_angles_degrees, table.origins_angstrom, seed=2,
+                                    config=HalfMapConfig(rounds=0))
+    plain = reconstruct_half_maps(subset, table.euler_angles_degrees, table.origins_angstrom, seed=2)
+    np.testing.assert_allclose(given.full, plain.full)
+    assert given.refine_rounds == 0 and given.resolution_pixels == plain.resolution_pixels
+
+
+def test_bad_settings_and_splits_are_refused(noisy):
+    table, dataset, _ = noisy
+    with pytest.raises(ValueError, match="half-maps-rounds"):
+        HalfMapConfig(rounds=-1)
+    with pytest.raises(ValueError, match="start-fraction"):
+        HalfMapConfig(start_fraction=0.0)
+    with pytest.raises(ValueError, match="split"):
+        gold_standard_half_maps(dataset, table.euler_angles_degrees, table.origins_angstrom,
+                                halves=np.ones(len(dataset), dtype=np.int8), config=HalfMapConfig(rounds=0))
