@@ -9,6 +9,8 @@ import pytest
 from cryoai_core.cli import main
 from cryoai_core.cli.evaluate import evaluate_map, evaluate_poses
 from cryoai_core.io.star import read_star
+from cryoai_core.reconstruct import SUBSET_COLUMN
+from cryoai_core.train.config import HalfMapConfig
 from cryoai_core.train.score import SCORE_COLUMN
 
 RANDOM_POSES_MEDIAN_DEGREES = 132.0
@@ -54,6 +56,10 @@ def test_abinit_reconstructs_far_beyond_random_poses(simulated, trained):
     truth = read_star(os.path.join(simulated, "particles.star"))
     assert len(table) == len(truth)
     np.testing.assert_allclose(table.ctf, truth.ctf)
+    # The half maps' split travels with the poses (RELION's column), and their poses were refined apart.
+    subsets = np.asarray(table.extra_columns[SUBSET_COLUMN])
+    assert [int((subsets == 1).sum()), int((subsets == 2).sum())] == resolution["particles_per_half"]
+    assert resolution["gold_standard_rounds"] == HalfMapConfig().rounds > 0
 
 
 def test_predict_poses_reuses_the_trained_encoder(simulated, trained, tmp_path):

@@ -107,6 +107,19 @@ def test_backproject_command_writes_the_maps_and_the_resolution(noise_free, tmp_
     assert "FSC=0.143 resolution" in capsys.readouterr().out
 
 
+def test_backproject_keeps_the_split_of_the_file(noise_free, tmp_path):
+    table, _, _ = noise_free
+    subset = table.subset(np.arange(120))
+    halves = np.where(np.arange(120) < 40, 1, 2)
+    star = str(tmp_path / "split.star")
+    write_star(star, dataclasses.replace(subset, extra_columns=dict(subset.extra_columns, rlnRandomSubset=halves)))
+    outdir = str(tmp_path / "bp")
+    assert main(["backproject", star, "-o", outdir, "--half-maps-rounds", "0", "--no-progress"]) == 0
+    with open(os.path.join(outdir, "resolution.json")) as handle:
+        document = json.load(handle)
+    assert document["particles_per_half"] == [40, 80] and document["gold_standard_rounds"] == 0
+
+
 def test_backproject_needs_poses(tmp_path, noise_free, capsys):
     table, _, _ = noise_free
     star = str(tmp_path / "no_poses.star")

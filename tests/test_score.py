@@ -7,7 +7,8 @@ from cryoai_core.evaluate.roc import roc_auc
 from cryoai_core.fourier import fft2_centered
 from cryoai_core.models.forward_model import HalfDisk
 from cryoai_core.train.loss import weighted_distances
-from cryoai_core.train.score import log_likelihood_ratios, noise_variance
+from cryoai_core.models.forward_model import render
+from cryoai_core.train.score import junk_weights, log_likelihood_ratios, noise_variance
 from search_problem import BOX, Problem, make_search
 
 
@@ -47,6 +48,24 @@ def test_score_separates_particles_from_pure_noise_images():
     labels = np.arange(len(images)) < len(particles.images)
     assert roc_auc(scores, labels) >= 0.95
     assert np.median(scores[labels]) > 10.0 > np.median(scores[~labels])
+
+
+def test_junk_weights_drop_pure_noise_images_and_keep_particles():
+    particles = Problem(with_ctf=True, count=24, seed=3, snr=0.1)
+    generator = torch.Generator().manual_seed(9)
+    junk_images = particles.noise_sigma * torch.randn(8, BOX, BOX, generator=generator)
+    targets = particles.disk.gather(fft2_centered(torch.cat([particles.images, junk_images]))) / BOX
+    ctf = torch.cat([particles.ctf, particles.ctf[:8]])
+    rotations = torch.cat([particles.rotations, particles.rotations[:8]]).float()
+    origins = torch.cat([particles.origins_px, particles.origins_px[:8]]).float()
+    predicted = render(particles.grid, rotations, origins, ctf, particles.disk)
+    distances = weighted_distances(predicted, targets, particles.disk.weights)
+    energies = weighted_distances(torch.zeros_like(targets), targets, particles.disk.weights)
+    weights = junk_weights(distances, energies, 0.5)
+    assert weights[:24].min() > 0.5 and weights[:24].median() == 1.0
+    assert weights[24:].max() < 0.1
+    # A map that explains nothing yet (the noise images alone) weighs every image alike.
+    assert torch.all(junk_weights(distances[24:], energies[24:], 0.5) == 1.0)
 
 
 def test_roc_auc_and_noise_estimate_on_known_values():

@@ -266,6 +266,9 @@ class TrainConfig:
                                               "benchmarks/ablation_refine.py) or 'encoder' (the paper)",
                                    choices=AMORTIZED_POSES)
     invert_contrast: bool = setting(False, "invert the images (use when particles are dark on a bright background)")
+    junk_weighting: float = setting(0.0, "down-weight, in the map's loss of the search-driven phases, images that "
+                                         "the map explains less than this fraction as well as the batch's median "
+                                         "image (pure-noise junk; train/score.py); 0 turns it off")
     seed: int = setting(0, "random seed")
     device: str = setting("cpu", "torch device", flag=False)
     num_workers: int = setting(0, "image-reading processes")
@@ -283,6 +286,7 @@ class TrainConfig:
         _require(self.box <= self.input_box,
                  f"the training box ({self.box}) cannot exceed the particle box ({self.input_box})")
         _require(self.num_workers >= 0, f"--num-workers must be ≥ 0, got {self.num_workers}")
+        _require(0 <= self.junk_weighting <= 1, f"--junk-weighting must lie in [0, 1], got {self.junk_weighting}")
         _require(0 <= self.seed < 2 ** 31, f"--seed must lie in [0, 2^31), got {self.seed}")
         _require(self.amortized_poses in AMORTIZED_POSES,
                  f"--amortized-poses must be one of {', '.join(AMORTIZED_POSES)}, got {self.amortized_poses!r}")

@@ -41,6 +41,7 @@ from cryoai_core.rotations import compose_in_plane_180, compose_in_plane_quarter
 from cryoai_core.train.config import TrainConfig
 from cryoai_core.train.loss import symmetrized_loss, weighted_distances
 from cryoai_core.train.pose_memory import PoseMemory
+from cryoai_core.train.score import junk_weights
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +284,13 @@ class CryoAILearner(torch.nn.Module):
         ``encoded``: ``(turns, (rotations, origins_angstrom))`` of :meth:`_encode` if already computed."""
         rotations, origins_px = rotations.to(images.device), origins_px.to(images.device)
         predicted = render(self._replica("decoder"), rotations, origins_px, ctf, disk)
-        decoder_loss = weighted_distances(predicted, targets, disk.weights).mean()
+        distances = weighted_distances(predicted, targets, disk.weights)
+        if self.config.junk_weighting > 0:
+            energies = weighted_distances(torch.zeros_like(targets), targets, disk.weights)
+            weights = junk_weights(distances, energies, self.config.junk_weighting)
+            decoder_loss = (weights * distances).sum() / weights.sum()
+        else:
+            decoder_loss = distances.mean()
         self._optimizer_step(self.decoder_optimizer, self.decoder.parameters(), decoder_loss)
 
         turns, (encoded, origins_angstrom) = self._encode(images) if encoded is None else encoded

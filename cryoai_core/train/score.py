@@ -11,8 +11,13 @@ and ``energy`` the distance to an empty prediction. ``σ²`` is estimated once p
 distance (most images are particles that the map explains down to the noise). Particles score high
 (tens of nats at SNR 0.1, 32 px); empty ice and false picks score near zero or below, so the score can be
 thresholded or used with Scipion's subset tools to drop junk.
+
+The same gain ``energy − distance`` (the image power that the map explains at the pose) weights the
+images of a training batch when ``TrainConfig.junk_weighting`` is set (:func:`junk_weights`), so that
+pure-noise images stop pulling the map.
 """
 import numpy as np
+import torch
 
 SCORE_COLUMN = "rlnCryoaiScore"
 """Column of the exported particles.star holding the score (RELION keeps unknown ``rln`` columns)."""
@@ -36,3 +41,18 @@ def log_likelihood_ratios(distances, energies, total_weight: float, variance: fl
     variance = noise_variance(distances) if variance is None else float(variance)
     return (energies - distances) * float(total_weight) / (2.0 * variance)
 
+
+
+def junk_weights(distances: torch.Tensor, energies: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Per-image weights ``(B,)`` in ``[0, 1]`` for a batch's distances and energies ``(B,)``.
+
+    ``gain = energy − distance`` is about the particle's signal power for a particle at its pose and about 0
+    (or below) for a pure-noise image. ``w = clamp(gain / (fraction · median gain), 0, 1)``: images that the map
+    explains at least ``fraction`` as well as the batch's median image keep their full weight. While the
+    map explains nothing (median gain ≤ 0), every weight is 1.
+    """
+    gains = (energies - distances).detach()
+    scale = fraction * gains.median()
+    if not bool(scale > 0):
+        return torch.ones_like(gains)
+    return (gains / scale).clamp(0.0, 1.0)
