@@ -28,6 +28,12 @@ SCORE_COLUMN = "rlnCryoaiScore"
 """The core's per-particle score column (``cryoai_core.train.score.SCORE_COLUMN``; torch-free copy of the name)."""
 SCORE_ATTRIBUTE = "_cryoai_score"
 """The Float attribute of each output particle that holds the score (for Scipion's subset tools)."""
+SUBSET_COLUMN = "rlnRandomSubset"
+"""The core's half-map split column (``cryoai_core.reconstruct.SUBSET_COLUMN``): the half, 1 or 2, of each
+particle in the gold-standard half maps."""
+SUBSET_ATTRIBUTE = "_" + SUBSET_COLUMN
+"""The Integer attribute of each output particle that holds its half; named the way the RELION plugin names
+star columns, so that its particle writer (and :func:`writeSetOfParticles`) passes the split on."""
 
 RESERVED_COLUMNS = frozenset(("rlnImageName", "rlnOpticsGroup", "rlnOpticsGroupName", "rlnDefocusU",
                               "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnOriginX", "rlnOriginY",
@@ -206,10 +212,21 @@ def readPoses(starPath: str):
 def readScores(starPath: str):
     """The per-particle cryoAI score column ``(N,)`` (nats) of a star written by ``cryoai``, in file order, or
     ``None`` when the star has none."""
+    return readColumn(starPath, SCORE_COLUMN, np.float64)
+
+
+def readSubsets(starPath: str):
+    """The half-map split ``(N,)`` (1 or 2, :data:`SUBSET_COLUMN`) of a star written by ``cryoai``, in file
+    order, or ``None`` when the star has none."""
+    return readColumn(starPath, SUBSET_COLUMN, np.int64)
+
+
+def readColumn(starPath: str, column: str, dtype):
+    """The particle column ``column`` ``(N,)`` of a RELION 3.1 star as ``dtype``, or ``None`` when absent."""
     table = starfile.read(starPath, always_dict=True).get("particles")
-    if table is None or SCORE_COLUMN not in table.columns:
+    if table is None or column not in table.columns:
         return None
-    return table[SCORE_COLUMN].to_numpy(dtype=np.float64)
+    return table[column].to_numpy(dtype=dtype)
 
 
 def readImageNames(starPath: str) -> np.ndarray:

@@ -254,10 +254,7 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
                            f"predicted poses (projection alignment).")
             resolution = self.readResolution()
             if resolution is not None:
-                summary.append(f"Half maps: FSC=0.143 at {resolution['resolution_angstrom']:.2f} Å "
-                               f"({resolution['particles_per_half'][0]} + {resolution['particles_per_half'][1]} "
-                               f"particles). Both halves use poses from one encoder trained on all particles, "
-                               f"so this estimate is optimistic when the poses are poor.")
+                summary.append(halfMapSummary(resolution))
         elif not metrics and not self.isFailed():
             summary.append("Training has not started yet.")
         return self.failureSummary() + summary
@@ -278,6 +275,20 @@ class CryoAIProtAbinitio(ProtInitialVolume, CryoAIProtBase):
 
     def _citations(self):
         return ["Levy2022"]
+
+
+def halfMapSummary(resolution: dict) -> str:
+    """One summary line from the core's ``resolution.json``: the half maps' FSC=0.143 resolution and how
+    independent their poses were."""
+    line = (f"Half maps: FSC=0.143 at {resolution['resolution_angstrom']:.2f} Å "
+            f"({resolution['particles_per_half'][0]} + {resolution['particles_per_half'][1]} particles, "
+            f"split kept as _rlnRandomSubset). ")
+    rounds = resolution.get("gold_standard_rounds", 0)
+    if rounds:
+        return line + (f"Gold standard: each half's poses were refined against its own half map ({rounds} "
+                       f"rounds), so the halves do not share aligned noise.")
+    return line + ("Both halves use poses from one encoder trained on all particles, so this estimate is "
+                   "optimistic when the poses are poor.")
 
 
 def trainingSummary(last: dict) -> str:

@@ -6,7 +6,7 @@ import pyworkflow.protocol.params as params
 from pwem.objects import Transform
 from pwem.protocols import EMProtocol
 from pyworkflow.exceptions import PyworkflowException
-from pyworkflow.object import Float
+from pyworkflow.object import Float, Integer
 from pyworkflow.utils import getListFromRangeString
 
 from cryoai_scipion import Plugin
@@ -81,8 +81,9 @@ class CryoAIProtBase(EMProtocol):
     # --------------------------- outputs ------------------------------------------------
     def _alignedParticles(self, inputSet, starPath: str):
         """A new SetOfParticles: ``inputSet`` (same images and CTFs) with the poses of ``starPath`` as a
-        projection alignment (Transform per particle, shifts in pixels) and, when the star has it, the
-        per-particle score as the Float attribute ``_cryoai_score``."""
+        projection alignment (Transform per particle, shifts in pixels) and, when the star has them, the
+        per-particle score as the Float attribute ``_cryoai_score`` and the half-map split as the Integer
+        attribute ``_rlnRandomSubset``."""
         names, angles, originsAngstrom = convert.readPoses(starPath)
         if len(names) != inputSet.getSize():
             raise ValueError(f"{starPath} holds {len(names)} particles, the input {inputSet.getSize()}")
@@ -94,17 +95,21 @@ class CryoAIProtBase(EMProtocol):
             raise ValueError(f"{starPath} row {mismatch + 1} is {names[mismatch]}, expected "
                              f"{inputNames[mismatch]}: cryoai did not keep the input order")
         shiftsPixels = originsAngstrom / inputSet.getSamplingRate()
-        scores = convert.readScores(starPath)
+        scores, subsets = convert.readScores(starPath), convert.readSubsets(starPath)
         outputSet = self._createSetOfParticles()
         outputSet.copyInfo(inputSet)
         outputSet.setAlignmentProj()
-        rows = iter(zip(angles, shiftsPixels, [None] * len(names) if scores is None else scores))
+        absent = [None] * len(names)
+        rows = iter(zip(angles, shiftsPixels, absent if scores is None else scores,
+                        absent if subsets is None else subsets))
 
         def setPose(particle, row):
-            rowAngles, rowShifts, score = row
+            rowAngles, rowShifts, score, subset = row
             particle.setTransform(Transform(convert.poseToTransformMatrix(rowAngles, rowShifts)))
             if score is not None:
                 setattr(particle, convert.SCORE_ATTRIBUTE, Float(float(score)))
+            if subset is not None:
+                setattr(particle, convert.SUBSET_ATTRIBUTE, Integer(int(subset)))
 
         outputSet.copyItems(inputSet, updateItemCallback=setPose, itemDataIterator=rows)
         return outputSet

@@ -120,6 +120,25 @@ class TestCryoAIProtocols(BaseTest):
         for particle, score in zip(particles, scores, strict=True):
             self.assertAlmostEqual(getattr(particle, convert.SCORE_ATTRIBUTE).get(), score, places=3)
 
+    def test_abinitio_particles_carry_the_half_map_split_through_relion(self):
+        """Each output particle holds its half (the star's rlnRandomSubset) as _rlnRandomSubset, and RELION's
+        own particle writer passes the split on, so a RELION refinement keeps the halves."""
+        from cryoai_core.reconstruct import SUBSET_COLUMN
+        from relion.convert import writeSetOfParticles
+        self.assertEqual(convert.SUBSET_COLUMN, SUBSET_COLUMN)
+        subsets = convert.readSubsets(self.abinitio.getCheckpointPath().replace("checkpoint.pt", "particles.star"))
+        self.assertEqual(sorted(set(subsets.tolist())), [1, 2])
+        particles = self.abinitio.outputParticles.iterItems(orderBy="id")
+        ours = [getattr(particle, convert.SUBSET_ATTRIBUTE).get() for particle in particles]
+        self.assertEqual(ours, subsets.tolist())
+        folder = os.path.abspath(self.proj.getTmpPath("relion_split"))
+        os.makedirs(folder, exist_ok=True)
+        star = os.path.join(folder, "particles.star")
+        writeSetOfParticles(self.abinitio.outputParticles, star, outputDir=folder, alignType=ALIGN_PROJ)
+        table = starfile.read(star, always_dict=True)["particles"]
+        self.assertEqual(table[SUBSET_COLUMN].astype(int).tolist(), subsets.tolist())
+        self.assertIn("Gold standard", " ".join(self.abinitio.summary()))
+
     def test_abinitio_poses_beat_random(self):
         predicted = self._rotations(self.abinitio.outputParticles)
         truth = convert.eulerToMatrix(self.truth.angles()[list(self.trainRows)])
