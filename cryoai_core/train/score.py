@@ -53,6 +53,5 @@ def junk_weights(distances: torch.Tensor, energies: torch.Tensor, fraction: floa
     """
     gains = (energies - distances).detach()
     scale = fraction * gains.median()
-    if not bool(scale > 0):
-        return torch.ones_like(gains)
-    return (gains / scale).clamp(0.0, 1.0)
+    weights = (gains / scale.clamp_min(torch.finfo(gains.dtype).tiny)).clamp(0.0, 1.0)
+    return torch.where(scale > 0, weights, torch.ones_like(gains))  # no host sync inside a training step
