@@ -10,11 +10,15 @@ reports:
   image checks, normalisation: everything before the first training step);
 * ``train_images_per_s``: images trained per second of training (``images_seen / elapsed_s`` of the
   final checkpoint);
+* ``export_images_per_s``: N over the rest of ``abinit``'s wall time (set-up after the parse, the
+  final pose prediction and scoring, the star and the pictures);
 * ``predict_images_per_s``: N over the wall time of ``predict-poses`` (parse included);
+* ``abinit_bytes_per_particle`` / ``predict_bytes_per_particle``: the growth of the peak RSS from the
+  smallest to the largest N, per added particle;
 * with ``--workers-check``, at the largest N: images/s read from the memory-mapped stack alone and the
   training images/s with ``--num-workers 2``.
 
-Example (the figures in benchmarks/README.md):
+Example (the figures in README.rst, "Large data sets and clusters"; raw lines in results/scale.jsonl):
     nice python benchmarks/scale.py --sizes 1000 100000 1000000 --minutes 0.5 --workers-check
 """
 import argparse
@@ -30,6 +34,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS_PER_WRITE = 50_000
+PARTICLES_PER_MICROGRAPH = 100
 
 
 def run_child(arguments: list, log: str) -> dict:
@@ -55,7 +60,12 @@ def first_log_time(path: str) -> float:
 
 
 def write_repeated_star(template: str, rows: int, path: str) -> None:
-    """A RELION 3.1 star of ``rows`` particles cycling through the particle rows of ``template``."""
+    """A RELION 3.1 star of ``rows`` particles cycling through the particle rows of ``template``.
+
+    Each row also gets the columns of a real extraction job, which the exported star must keep:
+    ``rlnMicrographName`` (a new micrograph every :data:`PARTICLES_PER_MICROGRAPH` rows, as in real data
+    sets, where they are distinct text) and ``rlnCoordinateX/Y``.
+    """
     with open(template) as handle:
         lines = handle.read().splitlines()
     start = lines.index("data_particles")
@@ -73,14 +83,15 @@ def write_repeated_star(template: str, rows: int, path: str) -> None:
             index, stack = fields[column].split("@")
             fields[column] = f"{index}@{os.path.join(stack_folder, stack)}"
             body.append("\t".join(fields))
-    block = "\n".join(body) + "\n"
+    added = [f"_{name} #{len(names) + number}" for number, name in
+             enumerate(("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"), 1)]
     with open(path, "w") as handle:
-        handle.write("\n".join(lines[:header_end + 1]) + "\n")
-        repeats, rest = divmod(rows, len(body))
-        per_write = max(1, ROWS_PER_WRITE // len(body))
-        for done in range(0, repeats, per_write):
-            handle.write(block * min(per_write, repeats - done))
-        handle.write("\n".join(body[:rest]) + ("\n" if rest else ""))
+        handle.write("\n".join(lines[:header_end + 1] + added) + "\n")
+        for first in range(0, rows, ROWS_PER_WRITE):
+            handle.write("".join(
+                f"{body[row % len(body)]}\tMicrographs/job003/mic{row // PARTICLES_PER_MICROGRAPH:07d}.mrc"
+                f"\t{(row * 37) % 3800 + 100}.000000\t{(row * 91) % 3800 + 100}.000000\n"
+                for row in range(first, min(first + ROWS_PER_WRITE, rows))))
 
 
 def read_throughput(star: str, box: int, seconds: float = 5.0, batch_size: int = 128) -> float:
@@ -104,12 +115,14 @@ def measure(star: str, rows: int, workdir: str, args, extra: tuple = ()) -> dict
     run = os.path.join(workdir, f"run_{rows}{'_'.join(extra)}")
     abinit = run_child(["abinit", star, "-o", run, "--box", str(args.box), "--max-minutes", str(args.minutes),
                         "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", "cpu",
-                        "--no-progress", *extra], os.path.join(workdir, f"abinit_{rows}.log"))
+                        "--amortized-poses", args.amortized_poses, "--no-progress", *extra],
+                       os.path.join(workdir, f"abinit_{rows}.log"))
     progress = torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)["progress"]
-    figures = {"abinit_peak_rss_mib": abinit["peak_rss_mib"],
-               "startup_s": round(first_log_time(os.path.join(run, "run.log")) - abinit["start"], 2),
+    startup = first_log_time(os.path.join(run, "run.log")) - abinit["start"]
+    figures = {"abinit_peak_rss_mib": abinit["peak_rss_mib"], "startup_s": round(startup, 2),
                "train_images_per_s": round(progress["images_seen"] / progress["elapsed_s"], 1),
-               "abinit_wall_s": round(abinit["wall_s"], 1)}
+               "abinit_wall_s": round(abinit["wall_s"], 1),
+               "export_images_per_s": round(rows / max(abinit["wall_s"] - startup - progress["elapsed_s"], 1e-3), 1)}
     if extra:
         return figures
     predict = run_child(["predict-poses", "--checkpoint", os.path.join(run, "checkpoint.pt"), star, "-o",
@@ -129,6 +142,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=0.5, help="abinit time budget")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--amortized-poses", choices=("encoder", "refined"), default="encoder",
+                        help="abinit's amortized poses; 'encoder' (the cheapest) also makes the final pose "
+                             "prediction and predict-poses skip the refinement against the map")
     parser.add_argument("--workers-check", action="store_true",
                         help="at the largest size, also read throughput and training with --num-workers 2")
     parser.add_argument("--workdir", default=None, help="keep the files here (default: a temporary folder)")
@@ -141,7 +157,7 @@ def main() -> None:
                     "--no-progress"], check=True, capture_output=True,
                    env=dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])))
     figures = {"benchmark": "scale", "stack_box": args.stack_box, "box": args.box, "minutes": args.minutes,
-               "batch_size": args.batch_size, "threads": args.threads}
+               "batch_size": args.batch_size, "threads": args.threads, "amortized_poses": args.amortized_poses}
     for rows in args.sizes:
         star = os.path.join(workdir, f"particles_{rows}.star")
         write_repeated_star(os.path.join(simulated, "particles.star"), rows, star)
@@ -155,6 +171,9 @@ def main() -> None:
                                          / figures[f"predict_peak_rss_mib_{smallest}"], 3)
     figures["train_speed_ratio"] = round(figures[f"train_images_per_s_{largest}"]
                                          / figures[f"train_images_per_s_{smallest}"], 3)
+    for command in ("abinit", "predict"):
+        extra_mib = figures[f"{command}_peak_rss_mib_{largest}"] - figures[f"{command}_peak_rss_mib_{smallest}"]
+        figures[f"{command}_bytes_per_particle"] = round(extra_mib * 2 ** 20 / max(largest - smallest, 1), 1)
     if args.workers_check:
         star = os.path.join(workdir, f"particles_{largest}.star")
         figures["read_images_per_s"] = round(read_throughput(star, args.box), 1)

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -125,10 +126,11 @@ class Trainer:
         return min(1.0, max(fractions))
 
     def _epoch_batches(self, epoch: int) -> list:
+        """The epoch's batches: sorted int64 index arrays (as arrays, not lists, to stay small at 10⁶ particles)."""
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(
-            self.config.seed * 100003 + epoch)).tolist()
+            self.config.seed * 100003 + epoch)).numpy()
         size = self.config.schedule.batch_size
-        batches = [self.cluster.usable(sorted(order[start:start + size])) for start in range(0, len(order), size)]
+        batches = [self.cluster.usable(np.sort(order[start:start + size])) for start in range(0, len(order), size)]
         return [batch for batch in batches if len(batch) >= max(2, self.cluster.world_size)]
 
     def _loader(self, batches: list):
