@@ -48,7 +48,7 @@ _PER_GROUP_GEOMETRY = ("rlnOpticsGroup", "rlnImagePixelSize", "rlnPixelSize", "r
                        "rlnImageDimensionality")
 STAR_VERSION_LINE = "# version 30001"
 FLOAT_FORMAT = "%.6f"
-STAR_CHUNK_ROWS = 100_000
+STAR_CHUNK_ROWS = 10_000
 """Particles formatted at a time when writing a star file (memory stays flat in the number of particles)."""
 
 

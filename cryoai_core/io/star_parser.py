@@ -23,7 +23,7 @@ import shlex
 import numpy as np
 import pandas as pd
 
-PARSE_CHUNK_ROWS = 100_000
+PARSE_CHUNK_ROWS = 10_000
 """Lines of a loop table parsed at a time."""
 MISSING_VALUES = ["nan", "NaN", "<NA>"]
 """Field texts read as missing values."""
