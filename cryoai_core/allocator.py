@@ -5,8 +5,9 @@ slice point, the search's score matrices). glibc's ``malloc`` serves blocks abov
 32 MiB) with fresh ``mmap`` calls and unmaps them when freed, so every step faults in gigabytes of new zeroed
 pages: at 64 px the kernel's share of a step's CPU time was about as large as the computation's
 (``benchmarks/README.md``). :func:`retain_freed_memory` makes ``malloc`` take every block from its heap and
-never trim it, so a step reuses the pages of the previous one. The peak resident memory is unchanged (it is
-the peak of the live tensors); the process keeps it until it exits.
+never trim it, so a step reuses the pages of the previous one. The process keeps its peak until it exits,
+and the heap may grow for a few steps before freed holes merge into blocks that fit the next aligned request
+(``benchmarks/README.md``, "Peak memory with the malloc settings").
 """
 import ctypes
 import ctypes.util
