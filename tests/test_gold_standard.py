@@ -4,8 +4,6 @@ refined apart, the half maps' resolution follows the full map's resolution again
 Gold-standard relation (see ``test_reconstruct.py``): half maps at FSC 0.143 predict the full map against
 the truth at 0.5. The truth is the simulator's reference map (blobs, :mod:`reference_formulas`).
 """
-import os
-
 import numpy as np
 import pytest
 import roma
@@ -14,28 +12,14 @@ import torch
 from cryoai_core.evaluate.fsc import fsc_curve, resolution_at
 from cryoai_core.fourier import fft2_centered
 from cryoai_core.gold_standard import _HalfRefiner, gold_standard_half_maps, reference_grid
-from cryoai_core.io.dataset import ParticleDataset
-from cryoai_core.io.mrc import read_mrc
-from cryoai_core.io.star import read_star
 from cryoai_core.models.forward_model import HalfDisk, render
 from cryoai_core.reconstruct import accumulate, reconstruct_half_maps
 from cryoai_core.ctf import CTFParams, compute_ctf
 from cryoai_core.rotations import euler_to_matrix, matrix_to_euler
-from cryoai_core.simulate import SimulationConfig, simulate
 from cryoai_core.train.config import HalfMapConfig, SearchConfig
-from reference_formulas import blob_volume
-from test_reconstruct import BLOBS, BOX, VOXEL
+from test_reconstruct import BOX, VOXEL, simulated
 
 SEARCH = SearchConfig()
-
-
-def simulated(folder, **options):
-    config = SimulationConfig(**{"num_particles": 1500, "seed": 1, "shift_sigma_angstrom": 3.0,
-                                 "defocus_median_angstrom": 10000.0, **options})
-    simulate(blob_volume(BLOBS, BOX, VOXEL).astype(np.float32), VOXEL, config, str(folder), progress=False)
-    table = read_star(os.path.join(folder, "particles.star"))
-    reference, _ = read_mrc(os.path.join(folder, "reference.mrc"))
-    return table, ParticleDataset(table), reference.astype(np.float64)
 
 
 @pytest.fixture(scope="module")
