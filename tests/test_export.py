@@ -1,16 +1,20 @@
 """Streamed export: poses spilled to a temporary file, scored over every particle, written in chunks."""
 import os
 
+import mrcfile
 import numpy as np
 import pytest
 import starfile
 import torch
 
+from cryoai_core.io.dataset import ParticleDataset
 from cryoai_core.io.particles import ParticleTable
 from cryoai_core.io.star import read_star, write_star
 from cryoai_core.rotations import euler_to_matrix, matrix_to_euler, random_rotations
 from cryoai_core.train import export
+from cryoai_core.train.config import build
 from cryoai_core.train.export import ScoredPoses
+from cryoai_core.train.learner import CryoAILearner
 from cryoai_core.train.score import SCORE_COLUMN, log_likelihood_ratios
 from test_io_star import make_stack
 
@@ -63,3 +67,36 @@ def test_chunks_with_added_columns_are_written_and_must_cover_every_particle(tmp
     with pytest.raises(ValueError, match="poses were given for 2 of 5 particles"):
         write_star(str(tmp_path / "short.star"), table, poses=iter(chunks[:1]))
     assert not os.path.exists(tmp_path / "short.star")
+
+
+def test_every_prediction_pass_judges_poses_with_the_decoder_as_it_is_now(tmp_path):
+    """A map cached before the networks changed (during training, or before a checkpoint was loaded) is
+    dropped when a prediction pass starts: the poses equal those of a learner that never cached one."""
+    count, box = 32, 16
+    path = str(tmp_path / "random.mrcs")
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.random.default_rng(0).standard_normal((count, box, box)).astype(np.float32))
+        mrc.set_image_stack()
+    table = ParticleTable(stack_files=(path,), stack_ids=np.zeros(count, np.int32), image_indices=np.arange(count),
+                          pixel_size_angstrom=2.0, box=box)
+    dataset = ParticleDataset(table)
+    config = build(box=box, pixel_size_angstrom=2.0, input_box=box, input_pixel_size_angstrom=2.0, epochs=1,
+                   batch_size=8, search_rotations=64, fouriernet_width=16, encoder_base_channels=4)
+    torch.manual_seed(0)
+    learner = CryoAILearner(config)
+    torch.manual_seed(1)
+    fresh = CryoAILearner(config)
+    for stale_pass in (lambda: export.predict_all_poses(learner, dataset, 1.0, batch_size=8, progress_bar=False)[2],
+                       lambda: _scored_rotations(learner, dataset)):
+        learner.load_state_dict(CryoAILearner(config).state_dict())
+        learner.cached_map(learner.disk(config.nyquist_radius_px))
+        learner.load_state_dict(fresh.state_dict())
+        fresh.forget_cached_map()
+        expected = export.predict_all_poses(fresh, dataset, 1.0, batch_size=8, progress_bar=False)[2]
+        torch.testing.assert_close(stale_pass(), expected)
+
+
+def _scored_rotations(learner, dataset) -> torch.Tensor:
+    with export.predict_and_score(learner, dataset, 1.0, batch_size=8, progress_bar=False, refine=False) as poses:
+        angles = np.concatenate([chunk[1] for chunk in poses.chunks()])
+    return euler_to_matrix(torch.from_numpy(angles)).float()

@@ -1,13 +1,16 @@
 """The learner: both phases run and learn, and the pose of the winning symmetrized path is converted back."""
 import pytest
+import roma
 import torch
 
 from cryoai_core.ctf import CTFParams, compute_ctf
 from cryoai_core.fourier import fft2_centered, frequency_grid_2d, ifft2_centered, origin_phase
+from cryoai_core.models.forward_model import render
 from cryoai_core.rotations import compose_in_plane_180, geodesic_angle, random_rotations
 from cryoai_core.slicing import VoxelFourierVolume
 from cryoai_core.train.config import TrainConfig, build
 from cryoai_core.train.learner import CryoAILearner
+from cryoai_core.train.loss import weighted_distances
 from search_problem import BOX as SEARCH_BOX, PIXEL as SEARCH_PIXEL, Problem, blob_map as search_blob_map
 
 BOX = 16
@@ -188,3 +191,48 @@ def test_refined_amortized_steps_train_both_networks():
     assert learner.phase == "amortized" and min(losses[-3:]) < 0.7 * losses[0]
     assert all(parameter.grad is not None for parameter in learner.encoder.parameters())
     assert not learner.at_safe_point or learner.steps % 10 == 0
+
+
+def _turned(rotations: torch.Tensor, degrees: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``rotations`` ``(B, 3, 3)`` each turned by ``degrees`` ``(B,)`` about a random axis."""
+    axes = torch.nn.functional.normalize(torch.randn(len(rotations), 3, generator=generator, dtype=torch.float64),
+                                         dim=-1)
+    return rotations @ roma.rotvec_to_rotmat(axes * torch.deg2rad(degrees)[:, None])
+
+
+def test_predict_poses_picks_the_candidate_the_decoder_itself_prefers():
+    """The symmetrized candidates are judged on the cached map grid; the choice is the one that rendering
+    through the decoder makes, except where the two candidates fit the image about equally well (both
+    candidates lie within 12° of the truth, so that many pairs are close calls)."""
+    problem = Problem(with_ctf=True, count=48, seed=3, snr=1.0)
+    learner = CryoAILearner(config(box=SEARCH_BOX, input_box=SEARCH_BOX, pixel_size_angstrom=SEARCH_PIXEL,
+                                   input_pixel_size_angstrom=SEARCH_PIXEL,
+                                   mask_radius_angstrom=SEARCH_BOX * SEARCH_PIXEL))
+    learner.decoder = FunctionModule(problem.map)
+    generator = torch.Generator().manual_seed(4)
+    origins = problem.origins_px * SEARCH_PIXEL
+    candidates = [_turned(problem.rotations, torch.rand(48, generator=generator, dtype=torch.float64) * 12.0,
+                          generator) for _ in range(2)]
+    learner.encoder = ScriptedEncoder((candidates[0].float(), origins.float()),
+                                      (compose_in_plane_180(candidates[1]).float(), -origins.float()))
+    ctf_params = torch.as_tensor(problem.ctf_params)
+    images = problem.images.float()
+    rotations, predicted_origins = learner.predict_poses(images, ctf_params)
+
+    disk = learner.disk(learner.config.nyquist_radius_px)
+    targets, ctf = learner.spectra(images, disk), learner.ctf_values(ctf_params, disk)
+    rendered = torch.stack([weighted_distances(render(learner.decoder, candidate.float(),
+                                                      origins.float() / SEARCH_PIXEL, ctf, disk),
+                                               targets, disk.weights) for candidate in candidates])
+    cached = torch.stack([learner.search.distances(learner.cached_map(disk), targets, ctf, disk, candidate.float(),
+                                                   origins.float() / SEARCH_PIXEL) for candidate in candidates])
+    torch.testing.assert_close(cached, rendered, rtol=0.03, atol=0)
+    by_decoder = rendered[1] < rendered[0]
+    chose_second = torch.rad2deg(geodesic_angle(rotations.double(), candidates[1])) < 0.1
+    chose_first = torch.rad2deg(geodesic_angle(rotations.double(), candidates[0])) < 0.1
+    assert (chose_first ^ chose_second).all()
+    torch.testing.assert_close(predicted_origins.double(), origins, atol=1e-4, rtol=0)
+    disagree = chose_second != by_decoder
+    gap = (rendered[0] - rendered[1]).abs() / rendered.min(dim=0).values
+    assert disagree.float().mean() <= 0.05 and (gap[disagree] < 0.02).all()
+    assert (~by_decoder).any() and by_decoder.any()

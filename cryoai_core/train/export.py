@@ -53,6 +53,7 @@ def iter_poses(learner, dataset: ParticleDataset, normalization_std: float, batc
     to one process's up to float error (the encoder is in eval mode, so images do not interact).
     """
     cluster = cluster or Cluster()
+    learner.forget_cached_map()
     count, ranks = len(dataset), cluster.world_size
     chunk = batch_size * ranks
     show = progress_bar and sys.stderr.isatty() and cluster.is_writer

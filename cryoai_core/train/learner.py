@@ -335,7 +335,10 @@ class CryoAILearner(torch.nn.Module):
         """Amortized poses of ``(B, L, L)`` normalised images: ``(rotations (B,3,3), origins_angstrom (B,2))``.
 
         With the symmetrized loss, both the image and its 180° rotation are encoded and the pose of
-        the path that the decoder explains better is kept (converted back to the image itself).
+        the path that the decoder explains better is kept (converted back to the image itself). The two
+        candidates are judged against the decoder cached on the search's Fourier grid (:meth:`cached_map`),
+        not by two decoder passes: callers that start a prediction pass after training call
+        :meth:`forget_cached_map` first, so that the cache is the trained decoder's.
         """
         self.eval()
         rotations, origins = self.encoder(images)[:2]
@@ -348,7 +351,8 @@ class CryoAILearner(torch.nn.Module):
         px = self.config.pixel_size_angstrom
         candidates = (rotations, compose_in_plane_180(flipped_rotations))
         shifts = (origins, -flipped_origins)
-        distances = [weighted_distances(render(self.decoder, rot, shift / px, ctf, disk), targets, disk.weights)
+        grid = self.cached_map(disk)
+        distances = [self.search.distances(grid, targets, ctf, disk, rot, shift / px)
                      for rot, shift in zip(candidates, shifts)]
         use_flipped = distances[1] < distances[0]
         rotations = torch.where(use_flipped[:, None, None], candidates[1], candidates[0])
