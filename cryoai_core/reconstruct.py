@@ -15,6 +15,15 @@ with ``W̄`` the mean weight of a half map in a shell, ``FSC = S W̄ / (S W̄ + 
 Half maps are first reconstructed with the floor ``τ = tau_floor · W̄``, then again with the measured τ
 (settings: :class:`~cryoai_core.train.config.HalfMapConfig`).
 
+The half-map FSC is corrected by high-resolution noise substitution (Chen et al. 2013, Ultramicroscopy
+135: 24): a map is made from the spectrum on the padded grid by an inverse transform, a crop to the box and
+the gridding correction, real-space operations that carry part of each shell's content into every other
+shell. Content the halves share at low resolution (signal, or noise aligned alike by poses chosen on one
+reference) then raises their FSC up to Nyquist where they have nothing in common. The phases of both
+halves beyond the first shell whose FSC ``FSC_t`` falls below ``randomize_fsc`` are replaced by random
+ones (each half its own), the maps are made the same way, and their FSC ``FSC_n`` beyond that shell is
+what those operations alone give; the reported FSC there is ``(FSC_t - FSC_n) / (1 - FSC_n)``.
+
 These half maps are independent only when the poses were found apart for each half; the half maps of
 poses predicted from every particle are refined apart by :mod:`cryoai_core.gold_standard`.
 
@@ -109,8 +118,13 @@ class FourierAccumulator:
         shells = torch.round(radius.reshape(-1) * self.box / m).to(torch.int64)
         return shells, shells <= self.box // 2
 
-    def volume(self, tau_per_shell: torch.Tensor) -> np.ndarray:
-        """The Wiener-filtered map ``(L, L, L)`` ``[z, y, x]`` for a Wiener constant per shell ``(L // 2 + 1,)``."""
+    def volume(self, tau_per_shell: torch.Tensor, randomize_beyond: int | None = None,
+               generator: torch.Generator | None = None) -> np.ndarray:
+        """The Wiener-filtered map ``(L, L, L)`` ``[z, y, x]`` for a Wiener constant per shell ``(L // 2 + 1,)``.
+
+        ``randomize_beyond``: the phases of the shells beyond this one (map Fourier pixels) are replaced by
+        random ones (``generator``), with Friedel symmetry kept (high-resolution noise substitution,
+        :func:`noise_substituted_fsc`)."""
         m = self.size
         shells, inside = self._shells()
         tau = torch.zeros(m ** 3, dtype=torch.float64)
@@ -118,6 +132,11 @@ class FourierAccumulator:
         denominator = self.weight + tau
         spectrum = torch.complex(self.numerator[0], self.numerator[1]) / denominator.clamp_min(1e-300)
         spectrum = torch.where(inside & (denominator > 0), spectrum, torch.zeros_like(spectrum))
+        if randomize_beyond is not None:
+            phases = torch.rand((m, m, m), generator=generator, dtype=torch.float64) * (2.0 * np.pi)
+            opposite = torch.roll(torch.flip(phases, dims=(0, 1, 2)), shifts=(1, 1, 1), dims=(0, 1, 2))
+            turn = torch.polar(torch.ones_like(phases), phases - opposite).reshape(-1)
+            spectrum = torch.where(shells > randomize_beyond, spectrum * turn, spectrum)
         padded = ifft3_centered(spectrum.reshape(m, m, m)).real
         volume = crop_or_pad_real(padded, self.box, 3)
         volume = volume / trilinear_apodization(self.box, m, volume.dtype, volume.device)
@@ -145,6 +164,9 @@ class HalfMapResult:
         euler_angles_degrees, origins_angstrom: ``(N, 3)``, ``(N, 2)`` the poses the maps were made with.
         fsc_threshold: the gold-standard FSC threshold.
         refine_rounds: rounds of gold-standard refinement behind the poses (0: the poses as given).
+        fsc_uncorrected: ``(L // 2 + 1,)`` the half-map FSC before the noise-substitution correction (``fsc``
+            is the corrected one, see the module); ``fsc_randomized``: the FSC with phases randomised beyond
+            the shell ``randomized_beyond``.
     """
 
     half1: np.ndarray
@@ -159,6 +181,9 @@ class HalfMapResult:
     origins_angstrom: np.ndarray
     fsc_threshold: float
     refine_rounds: int = 0
+    fsc_uncorrected: np.ndarray | None = None
+    fsc_randomized: np.ndarray | None = None
+    randomized_beyond: int | None = None
 
     @property
     def resolution_angstrom(self) -> float:
@@ -239,18 +264,65 @@ def reconstruct_halves(dataset, euler_angles_degrees: np.ndarray, origins_angstr
     second = accumulate(dataset, euler_angles_degrees, origins_angstrom, np.flatnonzero(halves == 2),
                         batch_size, config.padding, progress)
     mean_weight = 0.5 * (first.shell_mean_weight() + second.shell_mean_weight())
-    floor = config.tau_floor * mean_weight
-    frequencies, fsc_raw = fsc_curve(first.volume(floor), second.volume(floor))
-    tau = wiener_tau(fsc_raw, mean_weight, config)
-    half1, half2 = first.volume(tau), second.volume(tau)
-    frequencies, fsc = fsc_curve(half1, half2)
+    fsc_floored = noise_substituted_fsc(first, second, config.tau_floor * mean_weight, config)
+    tau = wiener_tau(fsc_floored.fsc, mean_weight, config)
+    measured = noise_substituted_fsc(first, second, tau, config)
     full = first.merged(second).volume(tau)
+    frequencies, fsc = measured.frequencies, measured.fsc
     resolution = resolution_at(frequencies, fsc, config.fsc_threshold)
-    logger.info("half maps: %d + %d particles, FSC=%.3f resolution %.2f px (%.2f Å)", int((halves == 1).sum()),
-                int((halves == 2).sum()), config.fsc_threshold, resolution, resolution * dataset.pixel_size_angstrom)
-    return HalfMapResult(half1, half2, full, halves, frequencies, fsc, resolution, dataset.pixel_size_angstrom,
-                         np.asarray(euler_angles_degrees, dtype=np.float64),
-                         np.asarray(origins_angstrom, dtype=np.float64), config.fsc_threshold)
+    raw_resolution = resolution_at(frequencies, measured.fsc_uncorrected, config.fsc_threshold)
+    logger.info("half maps: %d + %d particles, FSC=%.3f resolution %.2f px (%.2f Å); %.2f px before the noise "
+                "substitution beyond shell %d", int((halves == 1).sum()), int((halves == 2).sum()),
+                config.fsc_threshold, resolution, resolution * dataset.pixel_size_angstrom, raw_resolution,
+                measured.randomized_beyond)
+    return HalfMapResult(measured.half1, measured.half2, full, halves, frequencies, fsc, resolution,
+                         dataset.pixel_size_angstrom, np.asarray(euler_angles_degrees, dtype=np.float64),
+                         np.asarray(origins_angstrom, dtype=np.float64), config.fsc_threshold,
+                         fsc_uncorrected=measured.fsc_uncorrected, fsc_randomized=measured.fsc_randomized,
+                         randomized_beyond=measured.randomized_beyond)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSubstitutedFSC:
+    """The half maps of one Wiener constant and their FSC, corrected by noise substitution (see the module).
+
+    Attributes:
+        half1, half2: ``(L, L, L)`` the half maps.
+        frequencies: ``(L // 2 + 1,)`` shell frequencies in cycles per pixel.
+        fsc: ``(L // 2 + 1,)`` the corrected FSC.
+        fsc_uncorrected: the FSC of the half maps as they are, ``FSC_t``.
+        fsc_randomized: the FSC of the half maps with phases randomised beyond ``randomized_beyond``, ``FSC_n``
+            (equal to ``FSC_t`` up to that shell).
+        randomized_beyond: the last shell kept (``L // 2`` when ``FSC_t`` never falls below the threshold).
+    """
+
+    half1: np.ndarray
+    half2: np.ndarray
+    frequencies: np.ndarray
+    fsc: np.ndarray
+    fsc_uncorrected: np.ndarray
+    fsc_randomized: np.ndarray
+    randomized_beyond: int
+
+
+def noise_substituted_fsc(first: FourierAccumulator, second: FourierAccumulator, tau_per_shell: torch.Tensor,
+                          config: HalfMapConfig = HalfMapConfig(), seed: int = 0) -> NoiseSubstitutedFSC:
+    """Half maps of two accumulators for a Wiener constant per shell and their FSC corrected by
+    high-resolution noise substitution: phases randomised beyond the first shell whose FSC falls below
+    ``config.randomize_fsc`` (random phases drawn from ``seed``, each half its own)."""
+    half1, half2 = first.volume(tau_per_shell), second.volume(tau_per_shell)
+    frequencies, uncorrected = fsc_curve(half1, half2)
+    below = np.flatnonzero(uncorrected[1:] < config.randomize_fsc)
+    kept = len(uncorrected) - 1 if len(below) == 0 else int(below[0])
+    randomized, corrected = uncorrected.copy(), uncorrected.copy()
+    if kept < len(uncorrected) - 1:
+        generator = torch.Generator().manual_seed(int(seed))
+        _, randomized = fsc_curve(first.volume(tau_per_shell, kept, generator),
+                                  second.volume(tau_per_shell, kept, generator))
+        beyond = np.arange(len(uncorrected)) > kept
+        shared = np.minimum(randomized[beyond], 1.0 - config.fsc_floor)
+        corrected[beyond] = (uncorrected[beyond] - shared) / (1.0 - shared)
+    return NoiseSubstitutedFSC(half1, half2, frequencies, corrected, uncorrected, randomized, kept)
 
 
 def reconstruct_half_maps(dataset, euler_angles_degrees: np.ndarray, origins_angstrom: np.ndarray,
@@ -299,8 +371,11 @@ def write_half_maps(result: HalfMapResult, outdir: str, output_box: int, output_
         if output_box != tensor.shape[-1]:
             tensor = resample_volume(tensor, output_box)
         write_mrc(paths[name], tensor.numpy().astype(np.float32), output_pixel_size_angstrom)
-    plot_fsc(paths["fsc_halves_png"], {"half 1 vs half 2": (result.frequencies, result.fsc)},
-             result.pixel_size_angstrom, thresholds=(result.fsc_threshold,))
+    curves = {"half 1 vs half 2 (corrected)": (result.frequencies, result.fsc)}
+    if result.fsc_uncorrected is not None:
+        curves["before the correction"] = (result.frequencies, result.fsc_uncorrected)
+        curves["phases randomised"] = (result.frequencies, result.fsc_randomized)
+    plot_fsc(paths["fsc_halves_png"], curves, result.pixel_size_angstrom, thresholds=(result.fsc_threshold,))
     document = {
         "fsc_threshold": result.fsc_threshold,
         "resolution_angstrom": result.resolution_angstrom,
@@ -315,6 +390,14 @@ def write_half_maps(result: HalfMapResult, outdir: str, output_box: int, output_
         "frequencies_per_angstrom": (np.asarray(result.frequencies) / result.pixel_size_angstrom).tolist(),
         "fsc": np.asarray(result.fsc).tolist(),
     }
+    if result.fsc_uncorrected is not None:
+        document.update({
+            "fsc_uncorrected": np.asarray(result.fsc_uncorrected).tolist(),
+            "fsc_phases_randomized": np.asarray(result.fsc_randomized).tolist(),
+            "phases_randomized_beyond_shell": int(result.randomized_beyond),
+            "resolution_pixels_uncorrected": resolution_at(result.frequencies, result.fsc_uncorrected,
+                                                           result.fsc_threshold),
+        })
     with atomic_open(paths["resolution"]) as handle:
         json.dump(document, handle, indent=1)
     logger.info("gold-standard resolution (half maps, FSC=%.3f): %.2f Å", result.fsc_threshold,

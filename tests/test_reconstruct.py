@@ -10,13 +10,16 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from cryoai_core.cli import main
 from cryoai_core.evaluate.fsc import fsc_curve, resolution_at
+from cryoai_core.fourier import fft3_centered
 from cryoai_core.io.dataset import ParticleDataset
 from cryoai_core.io.mrc import read_mrc
 from cryoai_core.io.star import read_star, write_star
-from cryoai_core.reconstruct import accumulate, reconstruct_half_maps, split_halves
+from cryoai_core.reconstruct import FourierAccumulator, accumulate, noise_substituted_fsc, reconstruct_half_maps, \
+    split_halves
 from cryoai_core.simulate import SimulationConfig, simulate
 from reference_formulas import blob_volume
 
@@ -118,6 +121,10 @@ def test_backproject_keeps_the_split_of_the_file(noise_free, tmp_path):
     with open(os.path.join(outdir, "resolution.json")) as handle:
         document = json.load(handle)
     assert document["particles_per_half"] == [40, 80] and document["gold_standard_rounds"] == 0
+    shells = len(document["fsc"])
+    assert len(document["fsc_uncorrected"]) == len(document["fsc_phases_randomized"]) == shells
+    assert 0 < document["phases_randomized_beyond_shell"] <= shells - 1
+    assert document["resolution_pixels_uncorrected"] >= 2.0
 
 
 def test_backproject_needs_poses(tmp_path, noise_free, capsys):
@@ -127,3 +134,30 @@ def test_backproject_needs_poses(tmp_path, noise_free, capsys):
     assert main(["backproject", star, "-o", str(tmp_path / "never")]) == 2
     assert "has no poses" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "never")
+
+
+def test_noise_substitution_takes_out_what_the_crop_carries_from_low_to_high_shells():
+    """Half maps that share only shells ≤ 3 (a random field filling the padded box, as noise aligned alike
+    does) and differ everywhere else: cropping and the gridding correction carry the shared part into the
+    shells beyond, where the plain FSC claims agreement; the noise-substituted FSC does not."""
+    box, padding = 32, 2
+    size = box * padding
+    generator = torch.Generator().manual_seed(0)
+
+    def field(scale):
+        noise = torch.randn((size, size, size), generator=generator, dtype=torch.float64)
+        return fft3_centered(noise).reshape(-1) * scale
+
+    halves = [FourierAccumulator(box, 1.0, padding) for _ in range(2)]
+    shells, _ = halves[0]._shells()
+    shared = torch.where(shells <= 3, field(1.0), 0.0)
+    for half in halves:
+        spectrum = shared + field(0.1)
+        half.numerator = torch.stack([spectrum.real, spectrum.imag])
+        half.weight = torch.ones(size ** 3, dtype=torch.float64)
+    measured = noise_substituted_fsc(halves[0], halves[1], torch.full((box // 2 + 1,), 1e-3))
+    frequencies = measured.frequencies
+    assert resolution_at(frequencies, measured.fsc_uncorrected, 0.143) < 4.5   # shells 5-8 agree
+    assert resolution_at(frequencies, measured.fsc, 0.143) > 6.0               # they share shells ≤ 3-4
+    assert measured.randomized_beyond == 4
+    np.testing.assert_array_equal(measured.fsc[:5], measured.fsc_uncorrected[:5])

@@ -227,6 +227,9 @@ class HalfMapConfig:
                                     "FSC of the half maps of the predicted poses falls below this")
     fsc_threshold: float = setting(0.143, "FSC between independent half maps that defines the gold-standard "
                                           "resolution")
+    randomize_fsc: float = setting(0.8, "noise substitution: the half maps' phases are randomised beyond the first "
+                                        "shell whose FSC falls below this, and the FSC the real-space steps of the "
+                                        "reconstruction give them there is taken out (Chen et al. 2013)")
     padding: int = setting(2, "fineness of the 3D Fourier grid of the backprojection relative to the images' "
                               "(2 keeps trilinear insertion errors small)")
     tau_floor: float = setting(1e-3, "smallest Wiener constant, as a fraction of a shell's mean weight (keeps empty "
@@ -239,6 +242,8 @@ class HalfMapConfig:
         _require(0 < self.start_fraction <= 1,
                  f"--half-maps-start-fraction must lie in (0, 1], got {self.start_fraction}")
         _require(0 < self.start_fsc < 1, f"--half-maps-start-fsc must lie in (0, 1), got {self.start_fsc}")
+        _require(0 < self.randomize_fsc < 1,
+                 f"--half-maps-randomize-fsc must lie in (0, 1), got {self.randomize_fsc}")
         _require(0 < self.fsc_threshold < 1 and 0 < self.fsc_floor < 1 and self.tau_floor > 0 and self.padding >= 1,
                  "half-map FSC thresholds must lie in (0, 1), the Wiener floor be positive and the padding ≥ 1")
 
