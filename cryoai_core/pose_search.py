@@ -82,14 +82,29 @@ class _Batch:
         self.energy = (weights * targets.abs() ** 2).sum(dim=-1)
         self.total_weight = weights.sum()
         self.freqs = disk.freqs_px.to(targets.device).float()
+        self.radius_px = disk.radius_px.to(targets.device).float()
+        self.max_radius_px = disk.max_radius_px
+
+    def rows(self, keep: torch.Tensor) -> "_Batch":
+        """The images ``keep`` of the batch (a boolean ``(B,)`` mask)."""
+        part = object.__new__(_Batch)
+        part.weighted, part.ctf_energy, part.energy = self.weighted[keep], self.ctf_energy[keep], self.energy[keep]
+        part.total_weight, part.freqs, part.radius_px = self.total_weight, self.freqs, self.radius_px
+        part.max_radius_px = self.max_radius_px
+        return part
 
     def restricted(self, keep: torch.Tensor) -> "_Batch":
         """The same batch on the points ``keep`` of the disk (a boolean ``(N,)`` mask)."""
         part = object.__new__(_Batch)
         part.weighted, part.ctf_energy = self.weighted[:, keep], self.ctf_energy[:, keep]
         part.energy = self.energy
-        part.total_weight, part.freqs = self.total_weight, self.freqs[keep]
+        part.total_weight, part.freqs, part.radius_px = self.total_weight, self.freqs[keep], self.radius_px[keep]
+        part.max_radius_px = float(part.radius_px.max()) if len(part.radius_px) else 0.0
         return part
+
+    def within(self, radius_px: float) -> "_Batch":
+        """The batch on the points of the disk within ``radius_px``; itself when that is all of them."""
+        return self if radius_px >= self.max_radius_px else self.restricted(self.radius_px <= radius_px + 1e-6)
 
 
 class PoseSearch:
@@ -123,8 +138,57 @@ class PoseSearch:
 
         ``volume`` maps ``(..., 3)`` frequencies in cycles per pixel to complex values (a :class:`FourierGrid`).
         """
-        device = targets.device
         batch = _Batch(targets, ctf, disk)
+        start_rotations, start_shifts = self._coarse(volume, batch, disk, generator)
+        return self._refine(volume, batch, start_rotations, start_shifts, self.step_degrees / 2.0,
+                            self.shift_step_px / 2.0, self.refine_steps)
+
+    @torch.no_grad()
+    def search_or_refine(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,
+                         rotations: torch.Tensor, origins_px: torch.Tensor, rotation_step_degrees: float,
+                         shift_step_px: float, steps: int, generator: torch.Generator | None = None,
+                         tie_fraction: float = 1.0, edge_px: float = 0.0) -> SearchResult:
+        """Per image, the better of a local refinement around the given poses (as :meth:`refine`) and the global
+        search (as :meth:`search`). Both starts take their first round of local refinement; then only the one
+        closer to the image takes the remaining rounds, unless their distances differ by less than
+        ``tie_fraction`` of the power that the closer one explains (the image's distance to an empty prediction,
+        ``Σ w |Y|² / Σ w``, less its own): at 0 about half the cost of both, at 1 or more always both.
+        ``edge_px``: see :meth:`_refine`.
+
+        The result is never farther from the image than the given pose, nor than the global grid's best."""
+        batch = _Batch(targets, ctf, disk)
+        local_first, global_first = min(1, steps), min(1, self.refine_steps)
+        local = self._refine(volume, batch, rotations.float(), origins_px.float(), rotation_step_degrees,
+                             shift_step_px, local_first, edge_px=edge_px)
+        start_rotations, start_shifts = self._coarse(volume, batch, disk, generator)
+        found = self._refine(volume, batch, start_rotations, start_shifts, self.step_degrees / 2.0,
+                             self.shift_step_px / 2.0, global_first, edge_px=edge_px)
+        closest = torch.minimum(found.distances, local.distances)
+        explained = (batch.energy / batch.total_weight - closest).clamp(min=0.0)
+        tie = (found.distances - local.distances).abs() < tie_fraction * explained
+        searched = found.distances < local.distances
+        starts = ((local, ~searched | tie, rotation_step_degrees, shift_step_px, steps - local_first),
+                  (found, searched | tie, self.step_degrees / 2.0, self.shift_step_px / 2.0,
+                   self.refine_steps - global_first))
+        ends = []
+        for result, rows, rotation_step, shift_step, rest in starts:
+            rotations, origins_px = result.rotations.clone(), result.origins_px.clone()
+            distances = result.distances.clone()
+            if rest > 0 and bool(rows.any()):
+                more = self._refine(volume, batch.rows(rows), rotations[rows], origins_px[rows], rotation_step / 2.0,
+                                    shift_step / 2.0, rest, distances[rows], edge_px)
+                rotations[rows], origins_px[rows], distances[rows] = more.rotations, more.origins_px, more.distances
+            ends.append(SearchResult(rotations, origins_px, distances))
+        # Where only the leader went on, its distance only fell: it stays ahead of the other's first round.
+        local, found = ends
+        better = found.distances < local.distances
+        return SearchResult(torch.where(better[:, None, None], found.rotations, local.rotations),
+                            torch.where(better[:, None], found.origins_px, local.origins_px),
+                            torch.minimum(found.distances, local.distances))
+
+    def _coarse(self, volume, batch: _Batch, disk: HalfDisk, generator: torch.Generator | None) -> tuple:
+        """The global grid's best ``(rotations (B, 3, 3), origins_px (B, 2))`` on the coarse disk."""
+        device = batch.weighted.device
         coarse = batch.restricted(disk.radius_px.to(device) <= self.coarse_radius_px + 1e-6)
         shifts = self.shifts.to(device)
         offset = roma.random_rotmat(generator=generator).float().to(device)
@@ -133,13 +197,11 @@ class PoseSearch:
         u = coarse.weighted.unsqueeze(1) * origin_phase(coarse.freqs, shifts).unsqueeze(0)   # (B, S, n)
         left = torch.cat([u.real, -u.imag], dim=-1).reshape(-1, 2 * coarse.freqs.shape[0])
         right = torch.cat([slices.real, slices.imag], dim=-1).T                       # (2n, R)
-        cross = (left @ right).reshape(len(targets), len(shifts), len(rotations))
+        count = len(batch.weighted)
+        cross = (left @ right).reshape(count, len(shifts), len(rotations))
         norm = coarse.ctf_energy @ (slices.abs() ** 2).T                              # (B, R)
-        flat = (norm.unsqueeze(1) - 2.0 * cross).reshape(len(targets), -1).argmin(dim=1)
-        start_rotations = rotations[flat % len(rotations)]
-        start_shifts = shifts[flat // len(rotations)]
-        return self._refine(volume, batch, start_rotations, start_shifts, self.step_degrees / 2.0,
-                            self.shift_step_px / 2.0, self.refine_steps)
+        flat = (norm.unsqueeze(1) - 2.0 * cross).reshape(count, -1).argmin(dim=1)
+        return rotations[flat % len(rotations)], shifts[flat // len(rotations)]
 
     @torch.no_grad()
     def refine(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,
@@ -158,23 +220,35 @@ class PoseSearch:
         return self.refine(volume, targets, ctf, disk, rotations, origins_px, 0.0, 0.0, 0).distances
 
     def _refine(self, volume, batch: _Batch, rotations, origins_px, rotation_step_degrees, shift_step_px,
-                steps) -> SearchResult:
+                steps, best: torch.Tensor | None = None, edge_px: float = 0.0) -> SearchResult:
+        """``steps`` rounds around the given poses; ``best``: their distances when already known.
+
+        ``edge_px > 0``: a round whose rotation step ``θ`` (radians) moves the disk's edge by more than
+        ``edge_px`` Fourier pixels compares its candidates on the points within radius ``edge_px / θ`` only;
+        its winner replaces the pose only if it is closer on the full disk too."""
         device = rotations.device
         index = torch.arange(len(rotations), device=device)
         rotation_step, shift_step = math.radians(rotation_step_degrees), shift_step_px
-        best = self._distances(volume, batch, rotations.unsqueeze(1), origins_px.unsqueeze(1))[:, 0, 0]
+        if best is None:
+            best = self._distances(volume, batch, rotations.unsqueeze(1), origins_px.unsqueeze(1))[:, 0, 0]
         for _ in range(steps):
+            part = batch.within(edge_px / rotation_step) if edge_px > 0 and rotation_step > 0 else batch
             candidates = rotations.unsqueeze(1) @ roma.rotvec_to_rotmat(_UNIT_3D.to(device) * rotation_step)
             unit_shifts = _UNIT_2D if shift_step > 0 else _UNIT_2D[4:5]                        # (0, 0) alone
             shifts = origins_px.unsqueeze(1) + unit_shifts.to(device) * shift_step             # (B, 9 or 1, 2)
-            scores = self._distances(volume, batch, candidates, shifts).reshape(len(rotations), -1)
+            scores = self._distances(volume, part, candidates, shifts).reshape(len(rotations), -1)
             flat = scores.argmin(dim=1)
-            improved = scores[index, flat] < best
             chosen_rotations = candidates[index, flat % candidates.shape[1]]
             chosen_shifts = shifts[index, flat // candidates.shape[1]]
+            if part is batch:
+                chosen = scores[index, flat]
+            else:
+                chosen = self._distances(volume, batch, chosen_rotations.unsqueeze(1),
+                                         chosen_shifts.unsqueeze(1))[:, 0, 0]
+            improved = chosen < best
             rotations = torch.where(improved[:, None, None], chosen_rotations, rotations)
             origins_px = torch.where(improved[:, None], chosen_shifts, origins_px)
-            best = torch.minimum(best, scores[index, flat])
+            best = torch.minimum(best, chosen)
             rotation_step, shift_step = rotation_step / 2.0, shift_step / 2.0
         return SearchResult(rotations, origins_px, best)
 

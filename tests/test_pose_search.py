@@ -102,3 +102,70 @@ def test_search_grid_is_quasi_uniform():
     to_grid = angles(probes[:, None].expand(-1, 512, -1, -1).reshape(-1, 3, 3),
                      rotations[None].expand(200, -1, -1, -1).reshape(-1, 3, 3)).reshape(200, 512)
     assert to_grid.min(dim=1).values.max() < 1.5 * spacing.max()
+
+
+class CountingVolume:
+    """A map that counts the points it is sampled at."""
+
+    def __init__(self, volume):
+        self.volume, self.points = volume, 0
+
+    def __call__(self, coords):
+        self.points += coords[..., 0].numel()
+        return self.volume(coords)
+
+
+def test_search_or_refine_loses_nothing_against_refining_both_starts_at_about_half_the_cost(problem):
+    """Half the images start 5° from the truth (an encoder that is right), half at random poses (one that is
+    wrong). Refining only the leader after the first round finds the poses that refining the local start
+    and the global search's best to the end and keeping the closer finds, for about half the slices."""
+    generator = torch.Generator().manual_seed(6)
+    count = len(problem.rotations)
+    axes = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator, dtype=torch.float64), dim=-1)
+    start = problem.rotations @ roma.rotvec_to_rotmat(axes * np.radians(5.0))
+    start[count // 2:] = random_rotations(count - count // 2, generator).double()
+    start_shifts = problem.origins_px + torch.randn(count, 2, generator=generator, dtype=torch.float64) * 0.6
+    search = make_search()
+    both_volume, volume = CountingVolume(problem.grid), CountingVolume(problem.grid)
+    local = search.refine(both_volume, problem.targets, problem.ctf, problem.disk, start, start_shifts, 6.0, 1.0, 3)
+    searched = search.search(both_volume, problem.targets, problem.ctf, problem.disk, torch.Generator().manual_seed(7))
+    better = searched.distances < local.distances
+    both = torch.where(better[:, None, None], searched.rotations, local.rotations)
+    found = search.search_or_refine(volume, problem.targets, problem.ctf, problem.disk, start, start_shifts, 6.0,
+                                    1.0, 3, torch.Generator().manual_seed(7), tie_fraction=0.0)
+    before = search.distances(problem.grid, problem.targets, problem.ctf, problem.disk, start, start_shifts)
+    assert (found.distances <= before + 1e-7).all()
+    errors, errors_both = angles(found.rotations, problem.rotations), angles(both, problem.rotations)
+    assert (errors < 5.0).sum() >= (errors_both < 5.0).sum() >= count - 2
+    assert errors.median() < errors_both.median() + 0.25
+    coarse = len(search.base_rotations) * int((problem.disk.radius_px <= search.coarse_radius_px + 1e-6).sum())
+    assert volume.points - coarse < 0.7 * (both_volume.points - coarse)  # the global grid's slices are shared
+    tied = search.search_or_refine(problem.grid, problem.targets, problem.ctf, problem.disk, start, start_shifts, 6.0,
+                                   1.0, 3, torch.Generator().manual_seed(7), tie_fraction=1.0)
+    torch.testing.assert_close(tied.distances, torch.minimum(local.distances, searched.distances))
+    torch.testing.assert_close(tied.rotations, torch.where(better[:, None, None], searched.rotations,
+                                                           local.rotations))
+
+
+def test_rounds_on_a_smaller_disk_never_worsen_and_recover_perturbed_poses(problem):
+    """With ``edge_px``, a coarse round picks its candidate on the disk where its step moves points by
+    ``edge_px``, and keeps it only if it is closer on the whole disk too."""
+    generator = torch.Generator().manual_seed(8)
+    count = len(problem.rotations)
+    axes = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator, dtype=torch.float64), dim=-1)
+    start = problem.rotations @ roma.rotvec_to_rotmat(axes * np.radians(8.0))
+    start_shifts = problem.origins_px + torch.randn(count, 2, generator=generator, dtype=torch.float64) * 0.6
+    search = make_search()
+    volume = CountingVolume(problem.grid)
+    before = search.distances(problem.grid, problem.targets, problem.ctf, problem.disk, start, start_shifts)
+    found = search.search_or_refine(volume, problem.targets, problem.ctf, problem.disk, start, start_shifts, 10.0,
+                                    1.0, 3, torch.Generator().manual_seed(9), tie_fraction=0.0, edge_px=1.0)
+    assert (found.distances <= before + 1e-7).all()
+    rendered = render(problem.grid, found.rotations, found.origins_px, problem.ctf, problem.disk)
+    torch.testing.assert_close(found.distances, weighted_distances(rendered, problem.targets, problem.disk.weights),
+                               rtol=1e-4, atol=1e-5)
+    assert angles(found.rotations, problem.rotations).median() < 2.0
+    full = CountingVolume(problem.grid)
+    search.search_or_refine(full, problem.targets, problem.ctf, problem.disk, start, start_shifts, 10.0, 1.0, 3,
+                            torch.Generator().manual_seed(9), tie_fraction=0.0)
+    assert volume.points < full.points

@@ -100,6 +100,15 @@ class SearchConfig:
                                                  "encoder pose, degrees (then halved)")
     local_shift_px: float = setting(1.0, "first translation step of the local refinement around an encoder "
                                          "pose, training pixels (then halved)")
+    refine_tie_fraction: float = setting(0.2, "refining poses after training, the local refinement of the "
+                                              "encoder's pose and the global search's best both take every round "
+                                              "when their distances after the first differ by less than this "
+                                              "fraction of the power the closer one explains; otherwise only the "
+                                              "closer one goes on (1: always both)")
+    refine_edge_px: float = setting(2.0, "refining poses after training, a round whose rotation step moves the "
+                                         "Fourier disk's edge by more than this many pixels picks its best "
+                                         "candidate on the smaller disk where the step moves points this far "
+                                         "(0: always the full disk)")
     global_every: int = setting(4, "in the refined amortized phase, every n-th step also runs the global search")
     keep_best: bool = setting(True, "forget each particle's best pose between its visits (by default it is kept, "
                                     "re-scored against the current map at the next visit and competes with the "
@@ -114,8 +123,9 @@ class SearchConfig:
         _require(self.shift_points >= 1 and self.refine_steps >= 0 and self.global_every >= 1
                  and self.grid_refresh_steps >= 1 and self.grid_oversampling >= 1,
                  "search grid sizes, steps and rates must be positive")
-        _require(self.local_rotation_degrees >= 0 and self.local_shift_px >= 0,
-                 "local refinement steps must be ≥ 0")
+        _require(self.local_rotation_degrees >= 0 and self.local_shift_px >= 0 and self.refine_edge_px >= 0
+                 and self.refine_tie_fraction >= 0,
+                 "local refinement steps, --search-refine-edge-px and --search-refine-tie-fraction must be ≥ 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -365,7 +365,8 @@ class CryoAILearner(torch.nn.Module):
         """Poses of ``(B, L, L)`` normalised images refined against the trained map at the full radius.
 
         A local refinement around the given poses and a global search run; per image, the lower distance
-        wins. Returns ``(rotations (B, 3, 3), origins_angstrom (B, 2))``.
+        wins (:meth:`PoseSearch.search_or_refine`: only the leader after a first round is refined further).
+        Returns ``(rotations (B, 3, 3), origins_angstrom (B, 2))``.
         """
         self.eval()
         config = self.config
@@ -373,14 +374,12 @@ class CryoAILearner(torch.nn.Module):
         grid = self.cached_map(disk)
         ctf = None if ctf_params is None else self.ctf_values(ctf_params, disk)
         targets = self.spectra(images, disk)
-        local = self.search.refine(grid, targets, ctf, disk, rotations, origins_angstrom / config.pixel_size_angstrom,
-                                   config.search.local_rotation_degrees, config.search.local_shift_px,
-                                   config.search.refine_steps)
-        searched = self.search.search(grid, targets, ctf, disk, generator)
-        better = searched.distances < local.distances
-        rotations = torch.where(better[:, None, None], searched.rotations, local.rotations)
-        origins_px = torch.where(better[:, None], searched.origins_px, local.origins_px)
-        return rotations, origins_px * config.pixel_size_angstrom
+        found = self.search.search_or_refine(grid, targets, ctf, disk, rotations,
+                                             origins_angstrom / config.pixel_size_angstrom,
+                                             config.search.local_rotation_degrees, config.search.local_shift_px,
+                                             config.search.refine_steps, generator,
+                                             config.search.refine_tie_fraction, config.search.refine_edge_px)
+        return found.rotations, found.origins_px * config.pixel_size_angstrom
 
     @torch.no_grad()
     def fit_terms(self, images: torch.Tensor, ctf_params: torch.Tensor | None, rotations: torch.Tensor,
