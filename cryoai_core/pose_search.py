@@ -50,6 +50,11 @@ def grid_spacing_degrees(count: int) -> float:
     return math.degrees((8.0 * math.pi ** 2 / count) ** (1.0 / 3.0))
 
 
+def _sampler(volume):
+    """``volume`` as the search samples it: a :class:`FourierGrid` through its fastest sampler."""
+    return volume.sampler() if isinstance(volume, FourierGrid) else volume
+
+
 def network_grid(network, box: int, radius_px: float, oversampling: int) -> FourierGrid:
     """FourierNet (coords in cycles/px -> complex) cached on a grid of spacing ``1 / (oversampling·box)``.
 
@@ -136,9 +141,10 @@ class PoseSearch:
                generator: torch.Generator | None = None) -> SearchResult:
         """Best poses of ``B`` images given their half-disk transforms ``targets`` ``(B, N)`` and CTFs ``(B, N)``.
 
-        ``volume`` maps ``(..., 3)`` frequencies in cycles per pixel to complex values (a :class:`FourierGrid`).
+        ``volume`` maps ``(..., 3)`` frequencies in cycles per pixel to complex values (a :class:`FourierGrid`,
+        sampled through :meth:`FourierGrid.sampler`).
         """
-        batch = _Batch(targets, ctf, disk)
+        volume, batch = _sampler(volume), _Batch(targets, ctf, disk)
         start_rotations, start_shifts = self._coarse(volume, batch, disk, generator)
         return self._refine(volume, batch, start_rotations, start_shifts, self.step_degrees / 2.0,
                             self.shift_step_px / 2.0, self.refine_steps)
@@ -156,7 +162,7 @@ class PoseSearch:
         ``edge_px``: see :meth:`_refine`.
 
         The result is never farther from the image than the given pose, nor than the global grid's best."""
-        batch = _Batch(targets, ctf, disk)
+        volume, batch = _sampler(volume), _Batch(targets, ctf, disk)
         local_first, global_first = min(1, steps), min(1, self.refine_steps)
         local = self._refine(volume, batch, rotations.float(), origins_px.float(), rotation_step_degrees,
                              shift_step_px, local_first, edge_px=edge_px)
@@ -209,9 +215,8 @@ class PoseSearch:
                shift_step_px: float, steps: int) -> SearchResult:
         """Local refinement of the poses ``rotations`` ``(B, 3, 3)``, ``origins_px`` ``(B, 2)`` (see the module);
         ``shift_step_px = 0`` keeps the origins."""
-        batch = _Batch(targets, ctf, disk)
-        return self._refine(volume, batch, rotations.float(), origins_px.float(), rotation_step_degrees,
-                            shift_step_px, steps)
+        return self._refine(_sampler(volume), _Batch(targets, ctf, disk), rotations.float(), origins_px.float(),
+                            rotation_step_degrees, shift_step_px, steps)
 
     @torch.no_grad()
     def distances(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,

@@ -4,6 +4,8 @@ The transform of the projection ``image(x, y) = ∫ V(Aᵀ (x, y, z)) dz`` is th
 ``V̂(Aᵀ (kx, ky, 0))`` (see :mod:`cryoai_core.rotations` for ``A``). With row vectors this is
 ``(kx, ky, 0) @ A``, which is what :func:`central_slice_coords` computes for a batch of poses.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -67,6 +69,62 @@ class FourierGrid:
         values = F.grid_sample(self._grid, normalized, mode="bilinear", padding_mode="zeros", align_corners=True)
         values = values.reshape(2, *coords.shape[:-1])
         return torch.complex(values[0], values[1])
+
+    __call__ = sample
+
+    def sampler(self):
+        """The fastest sampler of this grid on its device: on a CPU its :class:`FoldedGrid` (made once, kept),
+        elsewhere the grid itself."""
+        if self._grid.device.type != "cpu":
+            return self
+        if getattr(self, "_folded", None) is None:
+            self._folded = FoldedGrid(self)
+        return self._folded
+
+
+class FoldedGrid:
+    """A :class:`FourierGrid`'s planes laid side by side in one 2D image, sampled by two bilinear lookups (the
+    planes below and above a point) blended along kz: the same trilinear interpolation, about four times faster
+    on a CPU, where PyTorch's 2D sampler is vectorised and its 3D one is not.
+
+    Each plane is followed by a zero row and column, and one more plane is all zero, so that a point off the
+    grid reads zeros as with the 3D sampler. The 2D coordinates (up to ~``M^1.5`` pixels) carry float32
+    rounding of about 1e-4 pixel.
+    """
+
+    def __init__(self, grid: FourierGrid):
+        m = grid.size
+        self.size, self.spacing = m, grid.spacing
+        self.block = m + 1
+        self.columns = math.ceil(math.sqrt(m + 1))
+        rows = -(-(m + 1) // self.columns)
+        planes = F.pad(grid._grid[0], (0, 1, 0, 1, 0, rows * self.columns - m))          # (2, P, m+1, m+1)
+        image = planes.reshape(2, rows, self.columns, self.block, self.block).permute(0, 1, 3, 2, 4)
+        self.image = image.reshape(1, 2, rows * self.block, self.columns * self.block).contiguous()
+        self.height, self.width = self.image.shape[-2:]
+
+    def sample(self, coords: torch.Tensor) -> torch.Tensor:
+        """Complex values ``(...,)`` at ``(..., 3)`` frequencies ``(kx, ky, kz)``; zero beyond the grid."""
+        m = self.size
+        x, y, z = (coords.reshape(-1, 3).to(torch.float32) * (1.0 / self.spacing) + m // 2).unbind(-1)
+        below = torch.floor(z)
+        on_plane = (x > -1.0) & (x < m) & (y > -1.0) & (y < m)
+        x, y = x.masked_fill(~on_plane, 0.0), y.masked_fill(~on_plane, 0.0)
+        points = torch.empty(2, len(z), 2, dtype=torch.float32, device=coords.device)    # (plane, S, xy)
+        for offset in (0, 1):
+            plane = below + offset
+            plane = plane.masked_fill(~(on_plane & (plane >= 0) & (plane < m)), float(m))     # the zero plane
+            row = torch.floor(plane * (1.0 / self.columns) + 1e-3)
+            column = plane - row * self.columns
+            torch.add(x, column, alpha=self.block, out=points[offset, :, 0])
+            torch.add(y, row, alpha=self.block, out=points[offset, :, 1])
+        points[..., 0] *= 2.0 / (self.width - 1)
+        points[..., 1] *= 2.0 / (self.height - 1)
+        points -= 1.0
+        values = F.grid_sample(self.image, points.reshape(1, 1, -1, 2), mode="bilinear", padding_mode="zeros",
+                               align_corners=True).reshape(2, 2, -1)                               # (re/im, plane, S)
+        values = torch.lerp(values[:, 0], values[:, 1], z - below)
+        return torch.complex(values[0], values[1]).reshape(coords.shape[:-1])
 
     __call__ = sample
 

@@ -10,7 +10,7 @@ import torch
 
 from cryoai_core.fourier import rotate_180_in_plane
 from cryoai_core.rotations import MIRROR, compose_in_plane_180, euler_to_matrix, random_rotations
-from cryoai_core.slicing import VoxelFourierVolume, central_slice_coords
+from cryoai_core.slicing import FourierGrid, VoxelFourierVolume, central_slice_coords
 from reference_formulas import blob_volume
 
 BOX = 32
@@ -164,3 +164,20 @@ def test_mirrored_map_with_pose_d_a_d_gives_the_same_projection(fourier_volume, 
 def test_voxel_fourier_volume_rejects_non_cubic_maps():
     with pytest.raises(ValueError, match="cubic"):
         VoxelFourierVolume(torch.zeros(8, 8, 6), 1.0)
+
+
+def test_folded_grid_samples_like_the_grid_itself_and_reads_zeros_off_the_grid():
+    """The folded 2D layout (planes side by side) gives the 3D trilinear values up to float32 coordinate
+    rounding, also next to the grid's faces, where neighbouring planes in the layout must not leak in."""
+    generator = torch.Generator().manual_seed(0)
+    m = 24
+    values = torch.complex(torch.randn(m, m, m, generator=generator), torch.randn(m, m, m, generator=generator))
+    grid = FourierGrid(values, spacing=0.5)
+    folded = grid.sampler()
+    assert grid.sampler() is folded
+    points = (torch.rand(4, 5000, 3, generator=generator) - 0.5) * (m + 6) * 0.5   # a margin beyond every face
+    torch.testing.assert_close(folded(points), grid.sample(points), atol=1e-4, rtol=0)
+    faces = torch.tensor([[-0.5 * (m // 2) - 0.25, 0.0, 0.0], [0.0, 0.5 * (m - m // 2 - 1) + 0.25, 0.0],
+                          [0.0, 0.0, 0.5 * (m - m // 2 - 1) + 0.3], [9.0, -9.0, 9.0]])
+    torch.testing.assert_close(folded(faces), grid.sample(faces), atol=1e-5, rtol=0)
+    assert folded(torch.tensor([[0.0, 0.0, 0.5 * m]])).abs().item() == 0.0
