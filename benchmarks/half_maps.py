@@ -98,6 +98,7 @@ def figures(result, reference, prefix: str, seconds: float) -> dict:
         f"{prefix}_fsc0143_px": half,
         f"{prefix}_uncorrected_fsc0143_px": (None if uncorrected is None else
                                              resolution_at(result.frequencies, uncorrected, result.fsc_threshold)),
+        f"{prefix}_established": getattr(result, "established", None),
         f"{prefix}_truth_fsc05_px": truth_05, f"{prefix}_truth_fsc0143_px": truth_0143,
         f"{prefix}_truth_mirrored": aligned.mirrored,
         f"{prefix}_relative_difference_vs_fsc05": (half - truth_05) / truth_05 if math.isfinite(half) else None,

@@ -167,6 +167,8 @@ class HalfMapResult:
         fsc_uncorrected: ``(L // 2 + 1,)`` the half-map FSC before the noise-substitution correction (``fsc``
             is the corrected one, see the module); ``fsc_randomized``: the FSC with phases randomised beyond
             the shell ``randomized_beyond``.
+        established: False when the correction moved the resolution by more than
+            ``HalfMapConfig.established_ratio`` (see :attr:`warning`).
     """
 
     half1: np.ndarray
@@ -184,6 +186,25 @@ class HalfMapResult:
     fsc_uncorrected: np.ndarray | None = None
     fsc_randomized: np.ndarray | None = None
     randomized_beyond: int | None = None
+    established: bool = True
+
+    @property
+    def resolution_pixels_uncorrected(self) -> float | None:
+        """The resolution the FSC gives before the noise-substitution correction (None when not measured)."""
+        if self.fsc_uncorrected is None:
+            return None
+        return resolution_at(self.frequencies, self.fsc_uncorrected, self.fsc_threshold)
+
+    @property
+    def warning(self) -> str | None:
+        """Why the resolution is not established, for the user (None when it is)."""
+        if self.established:
+            return None
+        return (f"resolution not established: before the noise-substitution correction the half maps claimed "
+                f"{self.resolution_pixels_uncorrected * self.pixel_size_angstrom:.2f} Å, after it "
+                f"{self.resolution_angstrom:.2f} Å; halves that agree mostly through low-resolution content "
+                f"spread over the box share noise aligned alike (poses chosen on one map), which happens when "
+                f"the poses are poor; check the map before trusting either figure")
 
     @property
     def resolution_angstrom(self) -> float:
@@ -271,6 +292,7 @@ def reconstruct_halves(dataset, euler_angles_degrees: np.ndarray, origins_angstr
     frequencies, fsc = measured.frequencies, measured.fsc
     resolution = resolution_at(frequencies, fsc, config.fsc_threshold)
     raw_resolution = resolution_at(frequencies, measured.fsc_uncorrected, config.fsc_threshold)
+    established = bool(resolution <= config.established_ratio * raw_resolution or not np.isfinite(raw_resolution))
     logger.info("half maps: %d + %d particles, FSC=%.3f resolution %.2f px (%.2f Å); %.2f px before the noise "
                 "substitution beyond shell %d", int((halves == 1).sum()), int((halves == 2).sum()),
                 config.fsc_threshold, resolution, resolution * dataset.pixel_size_angstrom, raw_resolution,
@@ -279,7 +301,7 @@ def reconstruct_halves(dataset, euler_angles_degrees: np.ndarray, origins_angstr
                          dataset.pixel_size_angstrom, np.asarray(euler_angles_degrees, dtype=np.float64),
                          np.asarray(origins_angstrom, dtype=np.float64), config.fsc_threshold,
                          fsc_uncorrected=measured.fsc_uncorrected, fsc_randomized=measured.fsc_randomized,
-                         randomized_beyond=measured.randomized_beyond)
+                         randomized_beyond=measured.randomized_beyond, established=established)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,9 +417,12 @@ def write_half_maps(result: HalfMapResult, outdir: str, output_box: int, output_
             "fsc_uncorrected": np.asarray(result.fsc_uncorrected).tolist(),
             "fsc_phases_randomized": np.asarray(result.fsc_randomized).tolist(),
             "phases_randomized_beyond_shell": int(result.randomized_beyond),
-            "resolution_pixels_uncorrected": resolution_at(result.frequencies, result.fsc_uncorrected,
-                                                           result.fsc_threshold),
+            "resolution_pixels_uncorrected": result.resolution_pixels_uncorrected,
         })
+    document["resolution_established"] = bool(result.established)
+    if not result.established:
+        document["resolution_warning"] = result.warning
+        logger.warning(result.warning)
     with atomic_open(paths["resolution"]) as handle:
         json.dump(document, handle, indent=1)
     logger.info("gold-standard resolution (half maps, FSC=%.3f): %.2f Å", result.fsc_threshold,

@@ -67,6 +67,7 @@ def test_poses_fitted_to_a_map_of_every_particle_overclaim_and_the_gold_standard
     gold = gold_standard_half_maps(dataset, angles, origins, seed=3, search_config=SEARCH)
     truth = truth_resolution(gold, reference)
     assert abs(gold.resolution_pixels - truth) / truth < 0.2
+    assert gold.established and gold.warning is None
     assert gold.refine_rounds == HalfMapConfig().rounds
     np.testing.assert_array_equal(gold.halves, plain.halves)
 
@@ -109,8 +110,9 @@ def test_poses_searched_against_a_map_of_random_poses_do_not_claim_nyquist(noisy
     frequencies, fsc = fsc_curve(align_volumes(gold.full, reference).aligned_map, reference)
     truth = resolution_at(frequencies, fsc, 0.143)
     assert truth > 3.0  # the map is poor (true poses reach about 2.9 px at 0.143)
-    assert resolution_at(gold.frequencies, gold.fsc_uncorrected, 0.143) < 2.5
+    assert gold.resolution_pixels_uncorrected < 2.5
     assert abs(gold.resolution_pixels - truth) / truth < 0.2
+    assert not gold.established and "not established" in gold.warning
 
 
 def test_no_rounds_backprojects_the_poses_as_given(noisy):
@@ -129,6 +131,10 @@ def test_bad_settings_and_splits_are_refused(noisy):
         HalfMapConfig(rounds=-1)
     with pytest.raises(ValueError, match="start-fraction"):
         HalfMapConfig(start_fraction=0.0)
+    with pytest.raises(ValueError, match="randomize-fsc"):
+        HalfMapConfig(randomize_fsc=1.0)
+    with pytest.raises(ValueError, match="established-ratio"):
+        HalfMapConfig(established_ratio=1.0)
     with pytest.raises(ValueError, match="split"):
         gold_standard_half_maps(dataset, table.euler_angles_degrees, table.origins_angstrom,
                                 halves=np.ones(len(dataset), dtype=np.int8), config=HalfMapConfig(rounds=0))

@@ -156,11 +156,11 @@ def add_log_file(outdir: str) -> logging.Handler:
     return handler
 
 
-def half_maps(dataset, particles_star: str, config, outdir: str, progress: bool = True) -> float:
+def half_maps(dataset, particles_star: str, config, outdir: str, progress: bool = True):
     """Gold-standard half maps of the training particles (``dataset``, no poses of its own) on the split of
     ``particles_star`` (``rlnRandomSubset``), their poses, read from it, refined apart
     (:mod:`cryoai_core.gold_standard`) at the training box; write them at the input box
-    (:func:`cryoai_core.reconstruct.write_half_maps`); return the gold-standard resolution in Å."""
+    (:func:`cryoai_core.reconstruct.write_half_maps`); return the :class:`~cryoai_core.reconstruct.HalfMapResult`."""
     from cryoai_core.gold_standard import gold_standard_half_maps
     from cryoai_core.io.star import read_star
     from cryoai_core.reconstruct import halves_of, write_half_maps
@@ -170,7 +170,7 @@ def half_maps(dataset, particles_star: str, config, outdir: str, progress: bool 
                                      seed=config.seed, config=config.half_maps, search_config=config.search,
                                      halves=halves_of(predicted, config.seed), progress=progress)
     write_half_maps(result, outdir, predicted.box, predicted.pixel_size_angstrom, config.seed)
-    return result.resolution_angstrom
+    return result
 
 
 def main(args):
@@ -266,7 +266,8 @@ def _train(args, cluster):
     if writer:
         print(f"map: {paths['volume']}\nposes: {paths['particles']}")
         if resolution is not None:
-            print(f"half maps: FSC=0.143 resolution {resolution:.2f} Å (resolution.json, fsc_halves.png)")
+            print(f"half maps: FSC=0.143 resolution {resolution.resolution_angstrom:.2f} Å (resolution.json, "
+                  "fsc_halves.png)" + ("" if resolution.established else f"; {resolution.warning}"))
         print(f"run folder: {args.outdir}")
     if deferred.received:
         raise Interrupted(f"received {deferred.received} during the export; the export was finished first, "

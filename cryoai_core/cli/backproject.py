@@ -71,5 +71,6 @@ def main(args):
                                      config=config, halves=halves_of(table, args.seed), progress=not args.no_progress)
     paths = write_half_maps(result, args.outdir, table.box, table.pixel_size_angstrom, args.seed)
     print(f"map: {paths['volume_backprojected']}\nhalf maps: {paths['half1']}, {paths['half2']}\n"
-          f"FSC=0.143 resolution: {result.resolution_angstrom:.2f} Å ({paths['resolution']})")
+          f"FSC=0.143 resolution: {result.resolution_angstrom:.2f} Å ({paths['resolution']})"
+          + ("" if result.established else f"\n{result.warning}"))
     return 0

@@ -240,6 +240,10 @@ class HalfMapConfig:
     randomize_fsc: float = setting(0.8, "noise substitution: the half maps' phases are randomised beyond the first "
                                         "shell whose FSC falls below this, and the FSC the real-space steps of the "
                                         "reconstruction give them there is taken out (Chen et al. 2013)")
+    established_ratio: float = setting(1.5, "the resolution is marked 'not established' when the noise substitution "
+                                            "moves the half-map FSC's crossing by more than this factor: the halves "
+                                            "then agree mostly through low-resolution content spread over the box "
+                                            "(noise aligned alike), not through the structure")
     padding: int = setting(2, "fineness of the 3D Fourier grid of the backprojection relative to the images' "
                               "(2 keeps trilinear insertion errors small)")
     tau_floor: float = setting(1e-3, "smallest Wiener constant, as a fraction of a shell's mean weight (keeps empty "
@@ -254,6 +258,8 @@ class HalfMapConfig:
         _require(0 < self.start_fsc < 1, f"--half-maps-start-fsc must lie in (0, 1), got {self.start_fsc}")
         _require(0 < self.randomize_fsc < 1,
                  f"--half-maps-randomize-fsc must lie in (0, 1), got {self.randomize_fsc}")
+        _require(self.established_ratio > 1,
+                 f"--half-maps-established-ratio must be above 1, got {self.established_ratio}")
         _require(0 < self.fsc_threshold < 1 and 0 < self.fsc_floor < 1 and self.tau_floor > 0 and self.padding >= 1,
                  "half-map FSC thresholds must lie in (0, 1), the Wiener floor be positive and the padding ≥ 1")
 

@@ -283,10 +283,13 @@ def halfMapSummary(resolution: dict) -> str:
     line = (f"Half maps: FSC=0.143 at {resolution['resolution_angstrom']:.2f} Å "
             f"({resolution['particles_per_half'][0]} + {resolution['particles_per_half'][1]} particles, "
             f"split kept as _rlnRandomSubset). ")
+    if resolution.get("resolution_established") is False:
+        line = line.replace("Half maps:", "Half maps (RESOLUTION NOT ESTABLISHED):", 1)
+        line += resolution.get("resolution_warning", "") + ". "
     rounds = resolution.get("gold_standard_rounds", 0)
     if rounds:
         return line + (f"Gold standard: each half's poses were refined against its own half map ({rounds} "
-                       f"rounds), so the halves do not share aligned noise.")
+                       f"rounds) and the FSC corrected by noise substitution.")
     return line + ("Both halves use poses from one encoder trained on all particles, so this estimate is "
                    "optimistic when the poses are poor.")
 

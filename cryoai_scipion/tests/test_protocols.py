@@ -159,6 +159,15 @@ class TestCryoAIProtocols(BaseTest):
         self.assertEqual(self.abinitio._citations(), ["Levy2022"])
 
     # --------------------------- chaining -----------------------------------------------------
+    def test_half_map_summary_flags_a_resolution_not_established(self):
+        from cryoai_scipion.protocols.protocol_abinitio import halfMapSummary
+        base = {"resolution_angstrom": 7.5, "particles_per_half": [10, 10], "gold_standard_rounds": 3}
+        self.assertNotIn("NOT ESTABLISHED", halfMapSummary(dict(base, resolution_established=True)))
+        flagged = halfMapSummary(dict(base, resolution_established=False,
+                                      resolution_warning="resolution not established: shared noise"))
+        self.assertIn("RESOLUTION NOT ESTABLISHED", flagged)
+        self.assertIn("resolution not established: shared noise", flagged)
+
     def test_relion_writer_keeps_our_poses(self):
         """RELION's own particle writer turns outputParticles into a star with the same poses."""
         from relion.convert import writeSetOfParticles
