@@ -236,3 +236,5 @@ def test_predict_poses_picks_the_candidate_the_decoder_itself_prefers():
     gap = (rendered[0] - rendered[1]).abs() / rendered.min(dim=0).values
     assert disagree.float().mean() <= 0.05 and (gap[disagree] < 0.02).all()
     assert (~by_decoder).any() and by_decoder.any()
+    fitted, _ = learner.fit_terms(images, ctf_params, rotations, predicted_origins)
+    torch.testing.assert_close(fitted, torch.where(chose_second, rendered[1], rendered[0]), rtol=0.03, atol=0)
