@@ -121,12 +121,15 @@ class PoseSearch:
         shift_points: points per axis of the coarse translation grid (1: the centre only).
         coarse_radius_px: Fourier radius (pixels) of the coarse global stage.
         refine_steps: rounds of local refinement after the global stage.
+        candidates: poses of the coarse stage per image (the closest on the coarse disk) screened on the full
+            disk; the closest of them starts the local refinement.
     """
 
     def __init__(self, *, num_rotations: int, max_shift_px: float, shift_points: int, coarse_radius_px: float,
-                 refine_steps: int):
-        if num_rotations < 1 or shift_points < 1 or refine_steps < 0:
-            raise ValueError("the search needs at least one rotation, one translation and refine_steps ≥ 0")
+                 refine_steps: int, candidates: int = 1):
+        if num_rotations < 1 or shift_points < 1 or refine_steps < 0 or candidates < 1:
+            raise ValueError("the search needs at least one rotation, one translation, one candidate and "
+                             "refine_steps ≥ 0")
         self.base_rotations = super_fibonacci_rotations(num_rotations, torch.float32)
         steps = torch.linspace(-max_shift_px, max_shift_px, shift_points) if shift_points > 1 else torch.zeros(1)
         gy, gx = torch.meshgrid(steps, steps, indexing="ij")
@@ -135,6 +138,7 @@ class PoseSearch:
         self.step_degrees = grid_spacing_degrees(num_rotations)
         self.coarse_radius_px = coarse_radius_px
         self.refine_steps = refine_steps
+        self.candidates = min(candidates, num_rotations * shift_points ** 2)
 
     @torch.no_grad()
     def search(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,
@@ -145,9 +149,9 @@ class PoseSearch:
         sampled through :meth:`FourierGrid.sampler`).
         """
         volume, batch = _sampler(volume), _Batch(targets, ctf, disk)
-        start_rotations, start_shifts = self._coarse(volume, batch, disk, generator)
+        start_rotations, start_shifts, distances = self._global_start(volume, batch, disk, generator)
         return self._refine(volume, batch, start_rotations, start_shifts, self.step_degrees / 2.0,
-                            self.shift_step_px / 2.0, self.refine_steps)
+                            self.shift_step_px / 2.0, self.refine_steps, distances)
 
     @torch.no_grad()
     def search_or_refine(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,
@@ -166,9 +170,9 @@ class PoseSearch:
         local_first, global_first = min(1, steps), min(1, self.refine_steps)
         local = self._refine(volume, batch, rotations.float(), origins_px.float(), rotation_step_degrees,
                              shift_step_px, local_first, edge_px=edge_px)
-        start_rotations, start_shifts = self._coarse(volume, batch, disk, generator)
+        start_rotations, start_shifts, distances = self._global_start(volume, batch, disk, generator)
         found = self._refine(volume, batch, start_rotations, start_shifts, self.step_degrees / 2.0,
-                             self.shift_step_px / 2.0, global_first, edge_px=edge_px)
+                             self.shift_step_px / 2.0, global_first, distances, edge_px)
         closest = torch.minimum(found.distances, local.distances)
         explained = (batch.energy / batch.total_weight - closest).clamp(min=0.0)
         tie = (found.distances - local.distances).abs() < tie_fraction * explained
@@ -192,8 +196,31 @@ class PoseSearch:
                             torch.where(better[:, None], found.origins_px, local.origins_px),
                             torch.minimum(found.distances, local.distances))
 
+    def _global_start(self, volume, batch: _Batch, disk: HalfDisk, generator: torch.Generator | None) -> tuple:
+        """Per image, the start of the global search's local refinement: ``(rotations (B, 3, 3), origins_px (B, 2),
+        distances (B,) or None)``.
+
+        With one candidate, the coarse grid's closest pose. With ``K`` candidates, the coarse grid's ``K``
+        closest poses are screened on the full disk, each with its translation and the 8 around it at half the
+        grid's step (the rotation as it is), and the closest survives. At low SNR the coarse disk often ranks a
+        wrong pose first while the right one is among the next few (``benchmarks/oracle_search.py``)."""
+        rotations, shifts = self._coarse(volume, batch, disk, generator)                # (B, K, 3, 3), (B, K, 2)
+        count, kept = rotations.shape[:2]
+        if kept == 1:
+            return rotations[:, 0], shifts[:, 0], None
+        rows = torch.arange(count, device=rotations.device).repeat_interleave(kept)
+        around = shifts.reshape(-1, 1, 2) + _UNIT_2D.to(shifts.device) * (self.shift_step_px / 2.0)   # (BK, 9, 2)
+        scores = self._distances(volume, batch.rows(rows), rotations.reshape(-1, 1, 3, 3), around)     # (BK, 9, 1)
+        scores = scores.reshape(count, kept * len(_UNIT_2D))
+        flat = scores.argmin(dim=1)
+        index = torch.arange(count, device=rotations.device)
+        chosen = index * kept + flat // len(_UNIT_2D)
+        return (rotations.reshape(-1, 3, 3)[chosen], around.reshape(-1, len(_UNIT_2D), 2)[chosen, flat % len(_UNIT_2D)],
+                scores[index, flat])
+
     def _coarse(self, volume, batch: _Batch, disk: HalfDisk, generator: torch.Generator | None) -> tuple:
-        """The global grid's best ``(rotations (B, 3, 3), origins_px (B, 2))`` on the coarse disk."""
+        """The global grid's ``candidates`` closest poses on the coarse disk, ``(rotations (B, K, 3, 3),
+        origins_px (B, K, 2))``."""
         device = batch.weighted.device
         coarse = batch.restricted(disk.radius_px.to(device) <= self.coarse_radius_px + 1e-6)
         shifts = self.shifts.to(device)
@@ -206,7 +233,9 @@ class PoseSearch:
         count = len(batch.weighted)
         cross = (left @ right).reshape(count, len(shifts), len(rotations))
         norm = coarse.ctf_energy @ (slices.abs() ** 2).T                              # (B, R)
-        flat = (norm.unsqueeze(1) - 2.0 * cross).reshape(count, -1).argmin(dim=1)
+        scores = (norm.unsqueeze(1) - 2.0 * cross).reshape(count, -1)
+        flat = scores.argmin(dim=1, keepdim=True) if self.candidates == 1 else \
+            scores.topk(self.candidates, dim=1, largest=False).indices                  # (B, K)
         return rotations[flat % len(rotations)], shifts[flat // len(rotations)]
 
     @torch.no_grad()

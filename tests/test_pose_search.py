@@ -10,7 +10,7 @@ import roma
 import torch
 
 from cryoai_core.models.forward_model import render
-from cryoai_core.pose_search import network_grid, super_fibonacci_rotations
+from cryoai_core.pose_search import _Batch, _sampler, network_grid, super_fibonacci_rotations
 from cryoai_core.rotations import geodesic_angle, random_rotations
 from cryoai_core.slicing import FourierGrid, VoxelFourierVolume
 from cryoai_core.train.loss import weighted_distances
@@ -169,3 +169,20 @@ def test_rounds_on_a_smaller_disk_never_worsen_and_recover_perturbed_poses(probl
     search.search_or_refine(full, problem.targets, problem.ctf, problem.disk, start, start_shifts, 10.0, 1.0, 3,
                             torch.Generator().manual_seed(9), tie_fraction=0.0)
     assert volume.points < full.points
+
+
+def test_coarse_candidates_start_is_never_farther_and_finds_more_poses_at_low_snr():
+    """The screened start includes the coarse grid's closest pose at its own translation (same grid offset),
+    so it is never farther from the image; at low SNR the coarse disk often ranks a wrong pose first."""
+    noisy = Problem(with_ctf=True, count=48, seed=3, snr=0.1)
+    batch, volume = _Batch(noisy.targets, noisy.ctf, noisy.disk), _sampler(noisy.grid)
+    single, screened = make_search(candidates=1), make_search(candidates=8)
+    rotations, origins_px, _ = single._global_start(volume, batch, noisy.disk, torch.Generator().manual_seed(5))
+    alone = single.distances(noisy.grid, noisy.targets, noisy.ctf, noisy.disk, rotations, origins_px)
+    _, _, distances = screened._global_start(volume, batch, noisy.disk, torch.Generator().manual_seed(5))
+    assert (distances <= alone + 1e-6).all()
+    right = {}
+    for search in (single, screened):
+        found = search.search(noisy.grid, noisy.targets, noisy.ctf, noisy.disk, torch.Generator().manual_seed(5))
+        right[search.candidates] = (angles(found.rotations, noisy.rotations) < 10.0).float().mean().item()
+    assert right[8] >= right[1] + 0.1, right

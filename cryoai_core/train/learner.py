@@ -187,7 +187,7 @@ class CryoAILearner(torch.nn.Module):
             self._search = PoseSearch(num_rotations=c.search.rotations,
                                       max_shift_px=c.search.max_shift_fraction * c.box,
                                       shift_points=c.search.shift_points, coarse_radius_px=c.coarse_radius_px,
-                                      refine_steps=c.search.refine_steps)
+                                      refine_steps=c.search.refine_steps, candidates=c.search.candidates)
         return self._search
 
     def cached_map(self, disk: HalfDisk):

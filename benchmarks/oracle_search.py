@@ -1,0 +1,85 @@
+"""How well the global pose search finds poses when the map is right: one JSON line per setting.
+
+A reference map is backprojected (Wiener-filtered, :mod:`cryoai_core.reconstruct`) from one simulated set
+with its true poses; the global search (:class:`cryoai_core.pose_search.PoseSearch`, the training
+defaults at the set's box) then finds the poses of the first ``--count`` particles of another set of the
+same case, compared with their truth (median angle, fraction within 20°) along with the search's CPU
+seconds per image. This separates what the search can do from what training gives it: a learner cannot
+find better poses than its search does against the right map.
+
+Example, with the sets ``realistic.py`` keeps (its held-out set as reference, its training set as test):
+    python benchmarks/oracle_search.py runs/b_seed1/heldout_2000/particles.star \\
+        runs/b_seed1/sim_30000/particles.star --count 256 --tag b --candidates 1 4 8
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from cryoai_core.allocator import retain_freed_memory  # noqa: E402
+from cryoai_core.ctf import CTFParams, compute_ctf  # noqa: E402
+from cryoai_core.evaluate.poses import pose_errors  # noqa: E402
+from cryoai_core.fourier import fft2_centered  # noqa: E402
+from cryoai_core.gold_standard import reference_grid  # noqa: E402
+from cryoai_core.io.dataset import ParticleDataset  # noqa: E402
+from cryoai_core.io.star import read_star  # noqa: E402
+from cryoai_core.models.forward_model import HalfDisk  # noqa: E402
+from cryoai_core.pose_search import PoseSearch  # noqa: E402
+from cryoai_core.reconstruct import reconstruct_halves, split_halves  # noqa: E402
+from cryoai_core.rotations import euler_to_matrix  # noqa: E402
+from cryoai_core.train.config import SearchConfig  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reference", help="star of a simulated set with true poses: the map is made from it")
+    parser.add_argument("test", help="star of another set of the same case, true poses in it")
+    parser.add_argument("--count", type=int, default=256, help="particles of the test set searched")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[1, SearchConfig.candidates])
+    parser.add_argument("--tag", default="", help="name of the case in the JSON lines")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    retain_freed_memory()
+    torch.set_num_threads(args.threads)
+    reference = read_star(args.reference)
+    dataset = ParticleDataset(reference)
+    result = reconstruct_halves(dataset, reference.euler_angles_degrees, reference.origins_angstrom,
+                                split_halves(len(dataset), 0))
+    grid = reference_grid(result.full, dataset.pixel_size_angstrom)
+    table = read_star(args.test)
+    table = table.subset(np.arange(min(args.count, len(table))))
+    test = ParticleDataset(table)
+    box, pixel = test.box, test.pixel_size_angstrom
+    disk = HalfDisk(box, box // 2 - 1)
+    config = SearchConfig()
+    shift_step_px = 2.0 * config.max_shift_fraction * box / (config.shift_points - 1)
+    truth = euler_to_matrix(table.euler_angles_degrees).double()
+    for candidates in args.candidates:
+        search = PoseSearch(num_rotations=config.rotations, max_shift_px=config.max_shift_fraction * box,
+                            shift_points=config.shift_points, coarse_radius_px=box / (2.0 * shift_step_px),
+                            refine_steps=config.refine_steps, candidates=candidates)
+        found, cpu = [], time.process_time()
+        for start in range(0, len(test), args.batch_size):
+            batch = test.__getitems__(list(range(start, min(start + args.batch_size, len(test)))))
+            targets = disk.gather(fft2_centered(batch["image"].float()))
+            ctf = compute_ctf(disk.freqs_px.double() / pixel, CTFParams.from_array(batch["ctf"].double())).float()
+            found.append(search.search(grid, targets, ctf, disk, torch.Generator().manual_seed(0)).rotations)
+        errors = pose_errors(torch.cat(found).double(), truth, try_mirror=False)
+        print(json.dumps({"benchmark": "oracle_search", "case": args.tag, "box": box, "particles": len(test),
+                          "reference_particles": len(dataset), "reference_half_map_px": result.resolution_pixels,
+                          "candidates": candidates, "median_angle_degrees": round(errors["median_angle_degrees"], 2),
+                          "fraction_within_20_degrees": round(errors["fraction_within_20_degrees"], 3),
+                          "cpu_s_per_image": round((time.process_time() - cpu) / len(test), 4),
+                          "threads": args.threads}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
