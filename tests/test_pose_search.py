@@ -74,12 +74,17 @@ def test_search_without_shift_grid_misses_large_shifts_that_the_grid_finds():
     assert angles(narrow.rotations[:4], problem.rotations[:4]).median() > 10.0
 
 
-def test_local_refinement_never_worsens_and_recovers_perturbed_poses(problem):
-    generator = torch.Generator().manual_seed(4)
+def perturbed(problem, seed: int, degrees: float) -> tuple:
+    """The true poses turned ``degrees`` about random axes and the origins moved by ~0.6 px: ``(start, shifts)``."""
+    generator = torch.Generator().manual_seed(seed)
     count = len(problem.rotations)
     axes = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator, dtype=torch.float64), dim=-1)
-    start = problem.rotations @ roma.rotvec_to_rotmat(axes * np.radians(5.0))
-    start_shifts = problem.origins_px + torch.randn(count, 2, generator=generator, dtype=torch.float64) * 0.6
+    start = problem.rotations @ roma.rotvec_to_rotmat(axes * np.radians(degrees))
+    return start, problem.origins_px + torch.randn(count, 2, generator=generator, dtype=torch.float64) * 0.6
+
+
+def test_local_refinement_never_worsens_and_recovers_perturbed_poses(problem):
+    start, start_shifts = perturbed(problem, seed=4, degrees=5.0)
     search = make_search()
     before = search.distances(problem.grid, problem.targets, problem.ctf, problem.disk, start, start_shifts)
     refined = search.refine(problem.grid, problem.targets, problem.ctf, problem.disk, start, start_shifts,
@@ -150,11 +155,7 @@ def test_search_or_refine_loses_nothing_against_refining_both_starts_at_about_ha
 def test_rounds_on_a_smaller_disk_never_worsen_and_recover_perturbed_poses(problem):
     """With ``edge_px``, a coarse round picks its candidate on the disk where its step moves points by
     ``edge_px``, and keeps it only if it is closer on the whole disk too."""
-    generator = torch.Generator().manual_seed(8)
-    count = len(problem.rotations)
-    axes = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator, dtype=torch.float64), dim=-1)
-    start = problem.rotations @ roma.rotvec_to_rotmat(axes * np.radians(8.0))
-    start_shifts = problem.origins_px + torch.randn(count, 2, generator=generator, dtype=torch.float64) * 0.6
+    start, start_shifts = perturbed(problem, seed=8, degrees=8.0)
     search = make_search()
     volume = CountingVolume(problem.grid)
     before = search.distances(problem.grid, problem.targets, problem.ctf, problem.disk, start, start_shifts)
