@@ -107,6 +107,18 @@ def translate_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Ten
     return ifft2_centered(spectra).real
 
 
+def translate_volume(volume: torch.Tensor, shift_px) -> torch.Tensor:
+    """Translate a real map ``(L, L, L)`` ``[z, y, x]`` by ``shift_px`` ``(3,)`` voxels ``(x, y, z)`` (content
+    moves by ``+t``): ``exp(-2πi k·t)`` on its transform, exact for band-limited content, periodic (what
+    leaves one face of the box comes back through the opposite one)."""
+    box = volume.shape[-1]
+    freqs = frequency_grid_3d(box, dtype=torch.float64, device=volume.device)
+    shift = torch.as_tensor(shift_px, dtype=torch.float64, device=volume.device).reshape(3)
+    phase = torch.exp(-2j * math.pi * (freqs @ shift))
+    moved = ifft3_centered(fft3_centered(volume.to(torch.float64)) * phase).real
+    return moved.to(volume.dtype)
+
+
 def rotate_180_in_plane(images: torch.Tensor) -> torch.Tensor:
     """Rotate images ``(..., L, L)`` by 180° about the box centre (index ``L // 2``).
 

@@ -10,6 +10,7 @@ from cryoai_core.cli import main
 from cryoai_core.cli.evaluate import evaluate_map, evaluate_poses
 from cryoai_core.io.star import read_star
 from cryoai_core.reconstruct import SUBSET_COLUMN
+from cryoai_core.recentre import density_centre_px
 from cryoai_core.train.config import HalfMapConfig
 from cryoai_core.train.score import SCORE_COLUMN
 
@@ -52,6 +53,10 @@ def test_abinit_reconstructs_far_beyond_random_poses(simulated, trained):
     assert report["resolution"]["0.5"]["pixels"] < 3.5
     poses = evaluate_poses(os.path.join(trained, "particles.star"), os.path.join(simulated, "particles.star"))
     assert poses["median_angle_degrees"] < 0.5 * RANDOM_POSES_MEDIAN_DEGREES
+    # The map's density is centred in its box, and the origins follow it.
+    with mrcfile.open(os.path.join(trained, "volume.mrc")) as handle:
+        centre = density_centre_px(handle.data)
+    assert np.abs(centre).max() < 0.3
     table = read_star(os.path.join(trained, "particles.star"))
     truth = read_star(os.path.join(simulated, "particles.star"))
     assert len(table) == len(truth)
@@ -69,6 +74,7 @@ def test_predict_poses_reuses_the_trained_encoder(simulated, trained, tmp_path):
     predicted = read_star(output)
     reference = read_star(os.path.join(trained, "particles.star"))
     np.testing.assert_allclose(predicted.euler_angles_degrees, reference.euler_angles_degrees, atol=1e-3)
+    np.testing.assert_allclose(predicted.origins_angstrom, reference.origins_angstrom, atol=1e-3)
 
 
 def test_exported_star_has_a_finite_per_particle_score(trained):

@@ -166,3 +166,28 @@ def test_evaluate_poses_reads_two_star_files(tmp_path):
                             true_origins[:30])
     with pytest.raises(ValueError, match="same particles in the same order"):
         evaluate_poses(fewer, true_path)
+
+
+def test_the_map_translation_fitted_to_the_origins_is_the_one_the_map_alignment_finds():
+    """A predicted map translated against the truth: the particles' origins against it (checked against the
+    simulator in test_recentre.py) give back the translation of align_volumes, and once it is taken out the
+    shift errors are those of the origins alone."""
+    from cryoai_core.evaluate.alignment import AlignmentConfig, align_volumes
+    from cryoai_core.fourier import translate_volume
+    from search_problem import blob_map
+
+    truth_map = blob_map(5)
+    drift = torch.tensor([2.0, -1.0, 1.5], dtype=torch.float64)
+    predicted_map = translate_volume(truth_map, drift)
+    alignment = align_volumes(predicted_map.numpy(), truth_map.numpy(), AlignmentConfig(try_mirror=False))
+    generator = torch.Generator().manual_seed(10)
+    truth = random_rotations(200, generator)
+    true_origins = torch.randn(200, 2, generator=generator, dtype=torch.float64).numpy() * 3.0
+    noise = torch.randn(200, 2, generator=generator, dtype=torch.float64).numpy() * 0.2
+    predicted_origins = true_origins + (truth.numpy() @ drift.numpy())[:, :2] + noise
+    report = pose_errors(truth, truth, predicted_origins, true_origins)
+    np.testing.assert_allclose(report["map_translation_px"], alignment.shift_px, atol=0.1)
+    np.testing.assert_allclose(report["map_translation_px"], -drift.numpy(), atol=0.05)
+    assert report["median_shift_error_px"] > 1.5
+    assert report["median_shift_error_map_translated_px"] == pytest.approx(
+        np.median(np.linalg.norm(noise, axis=1)), abs=0.02)

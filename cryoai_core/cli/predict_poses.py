@@ -3,7 +3,8 @@
 The particles are Fourier cropped to the training grid of the run (same pixel size after cropping);
 each image gets the encoder's pose (with the symmetrized loss, the better of the image and its 180°
 rotation, judged by the trained map), refined against the map with ``--refine``. Writes a RELION 3.1
-star with angles, origins in Å and the per-particle score (``rlnCryoaiScore``, see train/score.py).
+star with angles, origins in Å and the per-particle score (``rlnCryoaiScore``, see train/score.py). The
+origins are those against the run's volume.mrc, whose density the export centred in its box.
 
 Example:
     cryoai predict-poses --checkpoint run1/checkpoint.pt new_particles.star -o new_particles_poses.star
@@ -86,7 +87,7 @@ def main(args):
     from cryoai_core.io.dataset import ParticleDataset
     from cryoai_core.io.star import write_star
     from cryoai_core.train.checkpoint import restore_learner
-    from cryoai_core.train.export import predict_and_score
+    from cryoai_core.train.export import map_centre_angstrom, predict_and_score
     from cryoai_core.train.learner import CryoAILearner
 
     state, config, table, box, device = validate_predict_poses(args)
@@ -97,7 +98,8 @@ def main(args):
     std = state["progress"]["normalization"][1]
     with predict_and_score(learner, dataset, std, batch_size=args.batch_size, device=device,
                            progress_bar=not args.no_progress, refine=args.refine,
-                           folder=os.path.dirname(os.path.abspath(args.output))) as prediction:
+                           folder=os.path.dirname(os.path.abspath(args.output)),
+                           centre_angstrom=map_centre_angstrom(learner, std)) as prediction:
         write_star(args.output, table, poses=prediction.chunks())
     logger.info("wrote the poses of %d particles to %s", len(table), args.output)
     print(f"poses: {args.output}")

@@ -13,8 +13,14 @@ then integrate along z; see :mod:`cryoai_core.rotations`):
 ``G`` is thus the rotation :func:`cryoai_core.evaluate.alignment.align_volumes` returns for the predicted
 map against the true one. It is fitted by orthogonal Procrustes (``roma.special_procrustes`` of
 ``Σ T_iᵀ A_i``), then re-fitted a few times on the best half of the particles so that outliers do not
-pull it; both hands are tried and the one with the smaller median error is kept. Shifts need no
-alignment (both the rotation and the mirror keep the box centre), so they are compared as they are.
+pull it; both hands are tried and the one with the smaller median error is kept.
+
+Shifts: the rotation and the mirror keep the box centre, but a map learned ab initio may also be
+translated against the truth (``V_pred(y) = V_true(G Dᵐ y + t)``, ``t`` the translation of ``align_volumes``,
+voxels). A particle with true origin ``o_i`` then has the origin ``o_i − (T_i t)_xy`` against the predicted
+map, in either hand (see :mod:`cryoai_core.recentre`). The raw errors compare the origins as they are; ``t``
+is also fitted to the origins by least squares (:func:`fit_map_translation`, on the particles within 20°),
+and the errors left once it is taken out measure the shifts themselves, whatever the map's position.
 """
 import logging
 
@@ -28,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 ANGLE_THRESHOLDS_DEGREES = (5.0, 10.0, 20.0)
 """Angles for the reported fractions of particles within a given geodesic error."""
+TRANSLATION_FIT_DEGREES = 20.0
+"""Particles whose rotation is within this error fit the map's translation (:func:`fit_map_translation`)."""
 
 
 def _as_rotations(matrices, name: str) -> torch.Tensor:
@@ -79,7 +87,9 @@ def pose_errors(pred_rotations, true_rotations, pred_shifts_px=None, true_shifts
         ``global_rotation`` (``G`` as nested lists, ``A_i ≈ T_i G`` after the hand change);
         ``median_squared_frobenius`` and ``mean_squared_frobenius`` of ``||A_i Gᵀ − T_i||²_F``;
         ``median_angle_degrees`` / ``mean_angle_degrees`` (geodesic); ``fraction_within_{5,10,20}_degrees``;
-        and with shifts, ``shift_mse_px2`` (mean squared L2 error, px²) and ``median_shift_error_px``.
+        and with shifts, ``shift_mse_px2`` (mean squared L2 error, px²), ``median_shift_error_px``,
+        ``map_translation_px`` (:func:`fit_map_translation`) and ``median_shift_error_map_translated_px`` (the
+        median error once that translation is taken out).
     """
     pred = _as_rotations(pred_rotations, "predicted rotations")
     true = _as_rotations(true_rotations, "true rotations")
@@ -115,7 +125,29 @@ def pose_errors(pred_rotations, true_rotations, pred_shifts_px=None, true_shifts
         raise ValueError("give both predicted and true shifts, or neither")
     if pred_shifts_px is not None:
         report.update(shift_errors(pred_shifts_px, true_shifts_px))
+        close = angles <= TRANSLATION_FIT_DEGREES
+        selected = close if close.sum() >= 3 else np.ones_like(close)
+        true_matrices = true.numpy()
+        translation = fit_map_translation(true_matrices[selected], np.asarray(pred_shifts_px)[selected],
+                                          np.asarray(true_shifts_px)[selected])
+        moved = np.asarray(true_shifts_px, dtype=np.float64) - (true_matrices @ translation)[:, :2]
+        report["map_translation_px"] = translation.tolist()
+        report["median_shift_error_map_translated_px"] = shift_errors(pred_shifts_px, moved)["median_shift_error_px"]
     return report
+
+
+def fit_map_translation(true_rotations, pred_shifts_px, true_shifts_px) -> np.ndarray:
+    """Least-squares translation ``t`` ``(3,)`` voxels ``(x, y, z)`` of the predicted map against the true one
+    (the ``shift_px`` of :func:`~cryoai_core.evaluate.alignment.align_volumes`) that the origins imply:
+    ``o_pred − o_true ≈ −(T t)_xy`` over the particles given.
+
+    Args:
+        true_rotations: ``(N, 3, 3)`` true RELION matrices ``T_i``.
+        pred_shifts_px, true_shifts_px: ``(N, 2)`` RELION origins in pixels.
+    """
+    matrices = np.asarray(true_rotations, dtype=np.float64)[:, :2, :].reshape(-1, 3)
+    differences = (np.asarray(pred_shifts_px, dtype=np.float64) - np.asarray(true_shifts_px)).reshape(-1)
+    return np.linalg.lstsq(-matrices, differences, rcond=None)[0]
 
 
 def shift_errors(pred_shifts_px, true_shifts_px) -> dict:

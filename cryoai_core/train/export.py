@@ -15,6 +15,7 @@ from cryoai_core.io.mrc import write_mrc
 from cryoai_core.io.particles import ParticleTable
 from cryoai_core.io.star import STAR_CHUNK_ROWS, write_star
 from cryoai_core.reconstruct import with_halves
+from cryoai_core.recentre import density_centre_px, recentred_map, recentred_origins
 from cryoai_core.rotations import geodesic_angle, matrix_to_euler
 from cryoai_core.train.distributed import Cluster
 from cryoai_core.train.score import SCORE_COLUMN, log_likelihood_ratios
@@ -26,26 +27,45 @@ POSE_PLOT_MAX = 100_000
 
 
 @torch.no_grad()
-def export_volume(learner, normalization_std: float, output_box: int) -> torch.Tensor:
+def export_volume(learner, normalization_std: float, output_box: int, centre_angstrom=None) -> torch.Tensor:
     """The real-space map ``(output_box,)*3`` ``[z, y, x]`` at the input pixel size.
 
     FourierNet models ``FFT2(image / std) / L`` on central slices, so the map's 3D transform is ``L``
     times FourierNet on the ``L³`` grid, kept inside the sphere the loss was trained on (the corners of
     the cube are untrained extrapolation); the result is scaled back to image units and Fourier padded
-    to the input box (values per voxel kept, so projections stay in the input's scale).
+    to the input box (values per voxel kept, so projections stay in the input's scale). With
+    ``centre_angstrom`` ``(3,)`` (:func:`map_centre_angstrom`), the map is moved so that this point sits at
+    the box centre (:func:`~cryoai_core.recentre.recentred_map`).
     """
     box = learner.config.box
     volume = learner.decoder.volume(box, radius_px=learner.config.nyquist_radius_px + 0.5).float().cpu()
     volume = volume * box * normalization_std
+    if centre_angstrom is not None:
+        volume = recentred_map(volume, np.asarray(centre_angstrom) / learner.config.pixel_size_angstrom)
     if output_box != box:
         volume = resample_volume(volume, output_box) * (box / output_box)
     return volume
 
 
+def map_centre_angstrom(learner, normalization_std: float) -> np.ndarray:
+    """``(3,)`` Å ``(x, y, z)``: where the trained map's density is centred, from the box centre
+    (:func:`~cryoai_core.recentre.density_centre_px` of the map at the training box).
+
+    The export moves the map by minus this and every origin to match (:mod:`cryoai_core.recentre`), and
+    ``predict-poses`` gives the origins of new particles in the same frame."""
+    volume = export_volume(learner, normalization_std, learner.config.box)
+    centre = density_centre_px(volume) * learner.config.pixel_size_angstrom
+    logger.info("the map's density is centred at (%.1f, %.1f, %.1f) Å from the box centre: the map and the "
+                "origins are recentred there", *centre)
+    return centre
+
+
 @torch.no_grad()
 def iter_poses(learner, dataset: ParticleDataset, normalization_std: float, batch_size: int = 256, device="cpu",
-               progress_bar: bool = True, cluster: Cluster | None = None):
+               progress_bar: bool = True, cluster: Cluster | None = None, centre_angstrom=None):
     """Amortized poses of every particle, in order, one chunk at a time (nothing grows with ``N``).
+
+    With ``centre_angstrom`` (:func:`map_centre_angstrom`), the origins are those against the recentred map.
 
     Yields ``(start, rotations (b, 3, 3), origins_angstrom (b, 2))`` for particles ``start .. start + b``.
     Under torch.distributed every rank must iterate: each chunk of ``batch_size x world_size``
@@ -69,7 +89,10 @@ def iter_poses(learner, dataset: ParticleDataset, normalization_std: float, batc
         rotation, origin = learner.predict_poses(images, ctf)
         packed = torch.cat([rotation.reshape(-1, 9), origin], dim=1).float()
         packed = cluster.gather(packed).cpu()[:stop - start]
-        yield start, packed[:, :9].reshape(-1, 3, 3), packed[:, 9:]
+        rotation, origin = packed[:, :9].reshape(-1, 3, 3), packed[:, 9:]
+        if centre_angstrom is not None:
+            origin = torch.from_numpy(recentred_origins(rotation, origin, centre_angstrom)).float()
+        yield start, rotation, origin
 
 
 def predict_all_poses(learner, dataset: ParticleDataset, normalization_std: float, batch_size: int = 256,
@@ -158,13 +181,14 @@ class ScoredPoses:
 @torch.no_grad()
 def predict_and_score(learner, dataset: ParticleDataset, normalization_std: float, batch_size: int = 256,
                       device="cpu", progress_bar: bool = True, refine: bool | None = None,
-                      folder: str | None = None) -> ScoredPoses:
+                      folder: str | None = None, centre_angstrom=None) -> ScoredPoses:
     """Poses of every particle: the encoder's, refined against the map when ``refine`` (default: when the run
     trained on refined poses, ``config.amortized_poses == "refined"``); per particle, the lower distance of
     the local refinement and a global search wins (:meth:`CryoAILearner.refine_poses`).
 
     The poses go to a temporary file in ``folder`` (default: the system's); close the result (or use it
-    in a ``with`` block) once written."""
+    in a ``with`` block) once written. With ``centre_angstrom`` (:func:`map_centre_angstrom`), the origins
+    written are those against the recentred map (the fit terms are measured before, in the network's frame)."""
     refine = learner.config.amortized_poses == "refined" if refine is None else refine
     count = len(dataset)
     result = ScoredPoses(count, folder)
@@ -183,6 +207,8 @@ def predict_and_score(learner, dataset: ParticleDataset, normalization_std: floa
             if refine:
                 rotation, origin = learner.refine_poses(images, ctf, encoded, origin, generator)
             distance, energy = learner.fit_terms(images, ctf, rotation, origin)
+            if centre_angstrom is not None:
+                origin = torch.from_numpy(recentred_origins(rotation, origin, centre_angstrom))
             result.add(start, rotation, origin, encoded, distance, energy)
         result.total_weight = learner.disk(learner.config.nyquist_radius_px).weights.sum().item()
     except BaseException:
@@ -195,7 +221,8 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
                   normalization_std: float, device="cpu", progress_bar: bool = True,
                   cluster: Cluster | None = None) -> dict:
     """Write ``volume.mrc``, ``particles.star`` (with the half of each particle, ``rlnRandomSubset``) and the
-    PNGs; return their paths.
+    PNGs; return their paths. The map's density is centred in its box and the origins follow
+    (:func:`map_centre_angstrom`).
 
     Under torch.distributed every rank calls it: the poses are predicted by all ranks, and rank 0 alone
     writes (the others return an empty dict).
@@ -209,8 +236,9 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
     faults.hit("export-start")
     learner.to(device)
     paths = {"volume": os.path.join(outdir, "volume.mrc"), "particles": os.path.join(outdir, "particles.star")}
+    centre = map_centre_angstrom(learner, normalization_std)
     if cluster.is_writer:
-        volume = export_volume(learner, normalization_std, table.box)
+        volume = export_volume(learner, normalization_std, table.box, centre)
         write_mrc(paths["volume"], volume.numpy(), table.pixel_size_angstrom)
         faults.hit("export-written")
     stride = -(-len(dataset) // POSE_PLOT_MAX)
@@ -220,7 +248,8 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
 
         def chunks():
             for start, rotation, origin in iter_poses(learner, dataset, normalization_std, device=device,
-                                                      progress_bar=progress_bar, cluster=cluster):
+                                                      progress_bar=progress_bar, cluster=cluster,
+                                                      centre_angstrom=centre):
                 shown.append(rotation[(torch.arange(start, start + len(rotation)) % stride) == 0])
                 yield start, matrix_to_euler(rotation.double()).numpy(), origin.double().numpy()
 
@@ -234,7 +263,7 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
         # One process: poses refined against the map and scored. The score's noise level is a median over
         # every particle, so a first pass spills the poses to a temporary file and a second streams them.
         with predict_and_score(learner, dataset, normalization_std, device=device, progress_bar=progress_bar,
-                               folder=outdir) as prediction:
+                               folder=outdir, centre_angstrom=centre) as prediction:
             write_star(paths["particles"], table, poses=prediction.chunks())
             rotations = torch.cat(prediction.shown_rotations)
             prediction.log()
