@@ -209,8 +209,10 @@ class PoseSearch:
         if kept == 1:
             return rotations[:, 0], shifts[:, 0], None
         rows = torch.arange(count, device=rotations.device).repeat_interleave(kept)
-        around = shifts.reshape(-1, 1, 2) + _UNIT_2D.to(shifts.device) * (self.shift_step_px / 2.0)   # (BK, 9, 2)
-        scores = self._distances(volume, batch.rows(rows), rotations.reshape(-1, 1, 3, 3), around)     # (BK, 9, 1)
+        offsets = _UNIT_2D.to(shifts.device) * (self.shift_step_px / 2.0)
+        around = shifts.reshape(-1, 1, 2) + offsets                                              # (BK, 9, 2)
+        scores = self._distances(volume, batch.rows(rows), rotations.reshape(-1, 1, 3, 3), shifts.reshape(-1, 2),
+                                 offsets)                                                        # (BK, 9, 1)
         scores = scores.reshape(count, kept * len(_UNIT_2D))
         flat = scores.argmin(dim=1)
         index = torch.arange(count, device=rotations.device)
@@ -263,22 +265,23 @@ class PoseSearch:
         device = rotations.device
         index = torch.arange(len(rotations), device=device)
         rotation_step, shift_step = math.radians(rotation_step_degrees), shift_step_px
+        still = torch.zeros(1, 2, device=device)
         if best is None:
-            best = self._distances(volume, batch, rotations.unsqueeze(1), origins_px.unsqueeze(1))[:, 0, 0]
+            best = self._distances(volume, batch, rotations.unsqueeze(1), origins_px, still)[:, 0, 0]
         for _ in range(steps):
             part = batch.within(edge_px / rotation_step) if edge_px > 0 and rotation_step > 0 else batch
             candidates = rotations.unsqueeze(1) @ roma.rotvec_to_rotmat(_UNIT_3D.to(device) * rotation_step)
             unit_shifts = _UNIT_2D if shift_step > 0 else _UNIT_2D[4:5]                        # (0, 0) alone
-            shifts = origins_px.unsqueeze(1) + unit_shifts.to(device) * shift_step             # (B, 9 or 1, 2)
-            scores = self._distances(volume, part, candidates, shifts).reshape(len(rotations), -1)
+            offsets = unit_shifts.to(device) * shift_step
+            shifts = origins_px.unsqueeze(1) + offsets                                         # (B, 9 or 1, 2)
+            scores = self._distances(volume, part, candidates, origins_px, offsets).reshape(len(rotations), -1)
             flat = scores.argmin(dim=1)
             chosen_rotations = candidates[index, flat % candidates.shape[1]]
             chosen_shifts = shifts[index, flat // candidates.shape[1]]
             if part is batch:
                 chosen = scores[index, flat]
             else:
-                chosen = self._distances(volume, batch, chosen_rotations.unsqueeze(1),
-                                         chosen_shifts.unsqueeze(1))[:, 0, 0]
+                chosen = self._distances(volume, batch, chosen_rotations.unsqueeze(1), chosen_shifts, still)[:, 0, 0]
             improved = chosen < best
             rotations = torch.where(improved[:, None, None], chosen_rotations, rotations)
             origins_px = torch.where(improved[:, None], chosen_shifts, origins_px)
@@ -287,13 +290,30 @@ class PoseSearch:
         return SearchResult(rotations, origins_px, best)
 
     @staticmethod
-    def _distances(volume, batch: _Batch, rotations: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-        """Distances ``(B, S, K)`` of per-image candidates: rotations ``(B, K, 3, 3)`` x shifts ``(B, S, 2)``."""
+    def _distances(volume, batch: _Batch, rotations: torch.Tensor, origins_px: torch.Tensor,
+                   offsets_px: torch.Tensor) -> torch.Tensor:
+        """Distances ``(B, S, K)`` of per-image candidates: rotations ``(B, K, 3, 3)`` x translations
+        ``origins_px (B, 2) + offsets_px (S, 2)`` (offsets shared by the images).
+
+        The phase of a translation ``o + d`` is the product of those of ``o`` and ``d``, so the cross term
+        ``Re Σ_k w C conj(Y) P_o P_d V̂`` is one real matrix product over the ``S`` or the ``K`` side, whichever
+        is smaller, without a phase per image and translation."""
         count, candidates = rotations.shape[:2]
         coords = central_slice_coords(rotations.reshape(-1, 3, 3), batch.freqs)
         slices = volume(coords).reshape(count, candidates, -1)                                  # (B, K, N)
-        phases = origin_phase(batch.freqs, shifts.reshape(-1, 2)).reshape(count, shifts.shape[1], -1)
-        cross = torch.einsum("bsn,bkn->bsk", batch.weighted.unsqueeze(1) * phases, slices).real
-        norm = torch.einsum("bn,bkn->bk", batch.ctf_energy, slices.abs() ** 2)
-        total = norm.unsqueeze(1) - 2.0 * cross + batch.energy[:, None, None]
+        size = 2 * slices.shape[-1]
+        parts = torch.view_as_real(slices).reshape(count, candidates, size)                     # (re, im) per point
+        if len(offsets_px) <= candidates:
+            # Re(a b) = (Re a, -Im a)·(Re b, Im b): the conjugate of w C conj(Y) P_o P_d, against the slices.
+            image = torch.conj_physical(batch.weighted) * origin_phase(batch.freqs, -origins_px)   # (B, N)
+            left = image.unsqueeze(1) * origin_phase(batch.freqs, -offsets_px).unsqueeze(0)       # (B, S, N)
+            cross = torch.view_as_real(left).reshape(count, -1, size) @ parts.transpose(1, 2)      # (B, S, K)
+        else:
+            image = batch.weighted * origin_phase(batch.freqs, origins_px)                       # (B, N)
+            right = torch.view_as_real(image.unsqueeze(1) * slices).reshape(-1, size)           # (B K, 2N)
+            steps = torch.view_as_real(origin_phase(batch.freqs, -offsets_px)).reshape(-1, size)  # conj P_d (S, 2N)
+            cross = (right @ steps.T).reshape(count, candidates, -1).transpose(1, 2)            # (B, S, K)
+        energy = batch.ctf_energy.repeat_interleave(2, dim=-1).unsqueeze(-1)                     # (B, 2N, 1)
+        norm = (parts * parts) @ energy                                                         # (B, K, 1)
+        total = norm.transpose(1, 2) - 2.0 * cross + batch.energy[:, None, None]
         return total / batch.total_weight
