@@ -16,11 +16,20 @@ positions ``(x, y, z)`` are counted from the centre index ``L // 2``. If the den
     o' = o − (A c)_xy
 
 against ``V'``.
+
+The particles themselves may also sit off centre on average: picks made against an off-centre
+reference, or re-extracted around a sub-complex, share one offset (the EMPIAR-10180 table's origins
+average 0.10 of the box on each axis: 6.5 px at 64 px, where the search reaches ±9.6 px). No map
+translation absorbs that (``(A c)_xy`` averages to zero over orientations), so training sees the images
+moved by the particles' mean origin ``μ`` (:func:`mean_particle_origin_px`), estimated as the point about
+which the average image is symmetric: the average projection over many orientations is close to
+symmetric about the particle's centre, and its CTF rings are too. An image moved by ``+μ`` has the
+origin ``o − μ``; the exported origins add ``μ`` back.
 """
 import numpy as np
 import torch
 
-from cryoai_core.fourier import translate_volume
+from cryoai_core.fourier import translate_images, translate_volume
 
 
 def density_centre_px(volume) -> np.ndarray:
@@ -68,3 +77,54 @@ def recentred_origins(rotations, origins, centre) -> np.ndarray:
     origins = np.asarray(origins.detach().cpu() if torch.is_tensor(origins) else origins, dtype=np.float64)
     centre = np.asarray(centre, dtype=np.float64).reshape(3)
     return origins - (matrices @ centre)[:, :2]
+
+
+def symmetry_centre_px(image) -> np.ndarray:
+    """The point ``p`` ``(2,)`` ``(x, y)`` pixels from the box centre about which an ``(L, L)`` image is most
+    nearly symmetric (``I(p + u) ≈ I(p − u)``): the peak of the correlation of the image with its 180°
+    rotation, which sits at ``2p``, to sub-pixel by a parabola through the peak on each axis."""
+    array = np.asarray(image, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] != array.shape[1]:
+        raise ValueError(f"an image must be square (L, L), got shape {array.shape}")
+    box = array.shape[0]
+    spectrum = np.fft.fft2(np.fft.ifftshift(array - array.mean()))
+    correlation = np.fft.fftshift(np.real(np.fft.ifft2(spectrum * spectrum)))
+    row, column = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
+
+    def vertex(before, peak, after):
+        curvature = before - 2.0 * peak + after
+        return 0.5 * (before - after) / curvature if curvature < 0 else 0.0
+
+    x = column - box // 2 + vertex(correlation[row, column - 1], correlation[row, column],
+                                   correlation[row, (column + 1) % box])
+    y = row - box // 2 + vertex(correlation[row - 1, column], correlation[row, column],
+                                correlation[(row + 1) % box, column])
+    return np.array([x, y]) / 2.0
+
+
+def mean_particle_origin_px(dataset, num_samples: int = 1000, generator: torch.Generator | None = None,
+                            batch_size: int = 256) -> np.ndarray:
+    """``μ`` ``(2,)``: the RELION origin ``(x, y)`` of the average particle, in pixels of ``dataset``'s box,
+    from a random sample of its images (minus the :func:`symmetry_centre_px` of their average).
+
+    Args:
+        dataset: a :class:`~cryoai_core.io.dataset.ParticleDataset` (at the training box).
+        num_samples: images drawn without replacement (all of them if fewer).
+        generator: random generator of the draw.
+    """
+    count = min(int(num_samples), len(dataset))
+    chosen = np.sort(torch.randperm(len(dataset), generator=generator)[:count].numpy())
+    total = torch.zeros(dataset.box, dataset.box, dtype=torch.float64)
+    for start in range(0, count, batch_size):
+        total += dataset.__getitems__(chosen[start:start + batch_size])["image"].to(torch.float64).sum(dim=0)
+    return -symmetry_centre_px((total / count).numpy())
+
+
+def centred_on_average(images: torch.Tensor, particle_origin_px) -> torch.Tensor:
+    """Images ``(B, L, L)`` moved by ``+μ`` (``particle_origin_px`` ``(x, y)``, :func:`mean_particle_origin_px`),
+    so that their particles sit at the box centre on average; a particle's origin becomes ``o − μ``. The
+    images are returned as they are when ``μ`` is zero."""
+    origin = torch.as_tensor(particle_origin_px, dtype=images.dtype).reshape(1, 2)
+    if not bool(origin.any()):
+        return images
+    return translate_images(images, origin.to(images.device).expand(len(images), 2))

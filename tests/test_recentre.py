@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from cryoai_core.fourier import translate_volume
-from cryoai_core.recentre import density_centre_px, recentred_map, recentred_origins
+from cryoai_core.recentre import (centred_on_average, density_centre_px, mean_particle_origin_px, recentred_map,
+                                  recentred_origins, symmetry_centre_px)
 from cryoai_core.rotations import random_rotations
-from cryoai_core.simulate import ImageSimulator, SimulationConfig
+from cryoai_core.simulate import ImageSimulator, SimulationConfig, draw_parameters
 from search_problem import blob_map
 
 BOX = 32
@@ -70,3 +71,48 @@ def test_a_drifted_map_recentred_gives_the_centred_map_and_the_same_images_with_
                                atol=0.02 * scale, rtol=0)
     np.testing.assert_allclose(recentred_origins(rotations, drifted_origins, density_centre_px(drifted)),
                                true_origins, atol=0.05)
+
+
+def test_the_symmetry_centre_of_an_image_is_found_to_a_fraction_of_a_pixel():
+    coords = torch.arange(BOX, dtype=torch.float64) - BOX // 2
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    centre = (3.3, -5.7)
+    radius2 = (x - centre[0]) ** 2 + (y - centre[1]) ** 2
+    ring = torch.exp(-radius2 / 8.0) - 0.4 * torch.exp(-(radius2.sqrt() - 6.0) ** 2 / 2.0)
+    np.testing.assert_allclose(symmetry_centre_px(ring.numpy()), centre, atol=0.1)
+    with pytest.raises(ValueError, match="square"):
+        symmetry_centre_px(np.zeros((4, 5)))
+
+
+class _Images:
+    """The two members of a ParticleDataset that the estimate reads."""
+
+    def __init__(self, images):
+        self.images, self.box = images, images.shape[-1]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitems__(self, indices):
+        return {"image": self.images[torch.as_tensor(indices)]}
+
+
+def test_the_particles_mean_origin_is_estimated_from_their_average_image_and_moving_the_images_by_it_centres_them():
+    generator = torch.Generator().manual_seed(6)
+    count = 400
+    rotations = random_rotations(count, generator).double()
+    mean_origin = torch.tensor([4.0, -3.0], dtype=torch.float64)
+    origins = mean_origin + torch.randn(count, 2, generator=generator, dtype=torch.float64)
+    volume = blob_map(7)
+    config = SimulationConfig(num_particles=count, apply_ctf=True, defocus_median_angstrom=15000.0)
+    simulator = ImageSimulator(volume.float(), PIXEL, config)
+    ctf = draw_parameters(config, count, generator).ctf
+    images = simulator.images(rotations, origins * PIXEL, ctf)
+    noisy = images + 2.0 * images.std() * torch.randn(images.shape, generator=generator)
+    estimate = mean_particle_origin_px(_Images(noisy), generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(estimate, mean_origin.numpy(), atol=0.5)
+    # Images moved by +μ are those of the particles at the origins o − μ (the simulator's own images).
+    moved = centred_on_average(images[:8], mean_origin)
+    expected = simulator.images(rotations[:8], (origins[:8] - mean_origin) * PIXEL, ctf[:8])
+    torch.testing.assert_close(moved, expected, atol=1e-3 * float(images.abs().max()), rtol=0)
+    torch.testing.assert_close(centred_on_average(images[:2], (0.0, 0.0)), images[:2], atol=0, rtol=0)

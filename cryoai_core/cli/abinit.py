@@ -214,6 +214,7 @@ def _train(args, cluster):
     from cryoai_core.io.atomic import rollback_on_failure
     from cryoai_core.io.dataset import ParticleDataset, normalization_stats
     from cryoai_core.provenance import save_config
+    from cryoai_core.recentre import mean_particle_origin_px
     from cryoai_core.train import distributed
     from cryoai_core.train.checkpoint import CHECKPOINT_NAME
     from cryoai_core.train.export import write_outputs
@@ -227,6 +228,7 @@ def _train(args, cluster):
     torch.manual_seed(config.seed)
     dataset = ParticleDataset(table, box=config.box, invert_contrast=config.invert_contrast)
     normalization = normalization_stats(dataset, generator=torch.Generator().manual_seed(config.seed))
+    particle_origin_px = mean_particle_origin_px(dataset, generator=torch.Generator().manual_seed(config.seed))
     checkpoint = os.path.join(args.outdir, CHECKPOINT_NAME)
     # A run that fails before its first checkpoint leaves nothing behind; later, the checkpoint is kept.
     # Under torch.distributed, rank 0 alone writes (every rank has checked the folder before).
@@ -241,9 +243,12 @@ def _train(args, cluster):
                         table.box, config.box, config.pixel_size_angstrom, config.device)
             learner = CryoAILearner(config).to(config.device)
             trainer = Trainer(learner, dataset, args.outdir, normalization, progress_bar=not args.no_progress,
-                              cluster=cluster)
+                              cluster=cluster, particle_origin_px=particle_origin_px)
             if args.resume:
                 trainer.resume()
+            logger.info("particles' mean origin (%.1f, %.1f) Å: training sees the images moved by it, so that the "
+                        "particles sit at the box centre on average",
+                        *(value * config.pixel_size_angstrom for value in trainer.particle_origin_px))
             distributed.wrap(learner, cluster)
             if writer:
                 save_config(config, os.path.join(args.outdir, "config.yaml"),
@@ -256,7 +261,8 @@ def _train(args, cluster):
                                   "command and --resume") from None
             with DeferredInterrupts("the export") as deferred:
                 paths = write_outputs(learner, dataset, table, args.outdir, trainer.normalization[1],
-                                      device=config.device, progress_bar=not args.no_progress, cluster=cluster)
+                                      device=config.device, progress_bar=not args.no_progress, cluster=cluster,
+                                      particle_origin_px=trainer.particle_origin_px)
             resolution = None
             if writer and not args.no_half_maps:
                 resolution = half_maps(dataset, paths["particles"], config, args.outdir, progress=not args.no_progress)

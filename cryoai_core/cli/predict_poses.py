@@ -99,7 +99,8 @@ def main(args):
     with predict_and_score(learner, dataset, std, batch_size=args.batch_size, device=device,
                            progress_bar=not args.no_progress, refine=args.refine,
                            folder=os.path.dirname(os.path.abspath(args.output)),
-                           centre_angstrom=map_centre_angstrom(learner, std)) as prediction:
+                           centre_angstrom=map_centre_angstrom(learner, std),
+                           particle_origin_px=state["progress"].get("particle_origin_px", (0.0, 0.0))) as prediction:
         write_star(args.output, table, poses=prediction.chunks())
     logger.info("wrote the poses of %d particles to %s", len(table), args.output)
     print(f"poses: {args.output}")

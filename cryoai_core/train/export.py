@@ -15,7 +15,7 @@ from cryoai_core.io.mrc import write_mrc
 from cryoai_core.io.particles import ParticleTable
 from cryoai_core.io.star import STAR_CHUNK_ROWS, write_star
 from cryoai_core.reconstruct import with_halves
-from cryoai_core.recentre import density_centre_px, recentred_map, recentred_origins
+from cryoai_core.recentre import centred_on_average, density_centre_px, recentred_map, recentred_origins
 from cryoai_core.rotations import geodesic_angle, matrix_to_euler
 from cryoai_core.train.distributed import Cluster
 from cryoai_core.train.score import SCORE_COLUMN, log_likelihood_ratios
@@ -60,12 +60,26 @@ def map_centre_angstrom(learner, normalization_std: float) -> np.ndarray:
     return centre
 
 
+def exported_origins(learner, rotations: torch.Tensor, origins_angstrom: torch.Tensor, centre_angstrom=None,
+                     particle_origin_px=(0.0, 0.0)) -> torch.Tensor:
+    """The learner's origins ``(b, 2)`` Å (images moved by ``+μ``, map as trained) -> origins against the map
+    recentred on ``centre_angstrom`` (``None``: as trained) and the images as they are: ``o − (A c)_xy + μ``
+    (:mod:`cryoai_core.recentre`); float64."""
+    origins = origins_angstrom.double().cpu()
+    if centre_angstrom is not None:
+        origins = torch.from_numpy(recentred_origins(rotations, origins, centre_angstrom))
+    return origins + torch.as_tensor(particle_origin_px, dtype=torch.float64) * learner.config.pixel_size_angstrom
+
+
 @torch.no_grad()
 def iter_poses(learner, dataset: ParticleDataset, normalization_std: float, batch_size: int = 256, device="cpu",
-               progress_bar: bool = True, cluster: Cluster | None = None, centre_angstrom=None):
+               progress_bar: bool = True, cluster: Cluster | None = None, centre_angstrom=None,
+               particle_origin_px=(0.0, 0.0)):
     """Amortized poses of every particle, in order, one chunk at a time (nothing grows with ``N``).
 
-    With ``centre_angstrom`` (:func:`map_centre_angstrom`), the origins are those against the recentred map.
+    The images are moved by the particles' mean origin ``particle_origin_px`` as in training, and the
+    origins given back against them as they are, and against the map recentred on ``centre_angstrom``
+    (:func:`map_centre_angstrom`; ``None``: the map as trained), see :func:`exported_origins`.
 
     Yields ``(start, rotations (b, 3, 3), origins_angstrom (b, 2))`` for particles ``start .. start + b``.
     Under torch.distributed every rank must iterate: each chunk of ``batch_size x world_size``
@@ -84,15 +98,15 @@ def iter_poses(learner, dataset: ParticleDataset, normalization_std: float, batc
         indices = list(range(first, min(first + share, stop)))
         indices += [indices[-1] if indices else start] * (share - len(indices))
         batch = dataset.__getitems__(indices)
-        images = batch["image"].to(device, non_blocking=True) / normalization_std
+        images = centred_on_average(batch["image"].to(device, non_blocking=True) / normalization_std,
+                                    particle_origin_px)
         ctf = batch["ctf"].to(device, non_blocking=True) if "ctf" in batch else None
         rotation, origin = learner.predict_poses(images, ctf)
         packed = torch.cat([rotation.reshape(-1, 9), origin], dim=1).float()
         packed = cluster.gather(packed).cpu()[:stop - start]
-        rotation, origin = packed[:, :9].reshape(-1, 3, 3), packed[:, 9:]
-        if centre_angstrom is not None:
-            origin = torch.from_numpy(recentred_origins(rotation, origin, centre_angstrom)).float()
-        yield start, rotation, origin
+        rotation = packed[:, :9].reshape(-1, 3, 3)
+        yield start, rotation, exported_origins(learner, rotation, packed[:, 9:], centre_angstrom,
+                                                particle_origin_px).float()
 
 
 def predict_all_poses(learner, dataset: ParticleDataset, normalization_std: float, batch_size: int = 256,
@@ -181,14 +195,16 @@ class ScoredPoses:
 @torch.no_grad()
 def predict_and_score(learner, dataset: ParticleDataset, normalization_std: float, batch_size: int = 256,
                       device="cpu", progress_bar: bool = True, refine: bool | None = None,
-                      folder: str | None = None, centre_angstrom=None) -> ScoredPoses:
+                      folder: str | None = None, centre_angstrom=None,
+                      particle_origin_px=(0.0, 0.0)) -> ScoredPoses:
     """Poses of every particle: the encoder's, refined against the map when ``refine`` (default: when the run
     trained on refined poses, ``config.amortized_poses == "refined"``); per particle, the lower distance of
     the local refinement and a global search wins (:meth:`CryoAILearner.refine_poses`).
 
     The poses go to a temporary file in ``folder`` (default: the system's); close the result (or use it
-    in a ``with`` block) once written. With ``centre_angstrom`` (:func:`map_centre_angstrom`), the origins
-    written are those against the recentred map (the fit terms are measured before, in the network's frame)."""
+    in a ``with`` block) once written. The images are moved by ``particle_origin_px`` as in training, and the
+    origins written are those of :func:`exported_origins` (the fit terms are measured before, in the learner's
+    frame)."""
     refine = learner.config.amortized_poses == "refined" if refine is None else refine
     count = len(dataset)
     result = ScoredPoses(count, folder)
@@ -200,15 +216,14 @@ def predict_and_score(learner, dataset: ParticleDataset, normalization_std: floa
                           disable=not progress_bar or not sys.stderr.isatty()):
             indices = list(range(start, min(start + batch_size, count)))
             batch = dataset.__getitems__(indices)
-            images = batch["image"].to(device) / normalization_std
+            images = centred_on_average(batch["image"].to(device) / normalization_std, particle_origin_px)
             ctf = batch["ctf"].to(device) if "ctf" in batch else None
             encoded, origin = learner.predict_poses(images, ctf)
             rotation = encoded
             if refine:
                 rotation, origin = learner.refine_poses(images, ctf, encoded, origin, generator)
             distance, energy = learner.fit_terms(images, ctf, rotation, origin)
-            if centre_angstrom is not None:
-                origin = torch.from_numpy(recentred_origins(rotation, origin, centre_angstrom))
+            origin = exported_origins(learner, rotation, origin, centre_angstrom, particle_origin_px)
             result.add(start, rotation, origin, encoded, distance, energy)
         result.total_weight = learner.disk(learner.config.nyquist_radius_px).weights.sum().item()
     except BaseException:
@@ -219,10 +234,11 @@ def predict_and_score(learner, dataset: ParticleDataset, normalization_std: floa
 
 def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdir: str,
                   normalization_std: float, device="cpu", progress_bar: bool = True,
-                  cluster: Cluster | None = None) -> dict:
+                  cluster: Cluster | None = None, particle_origin_px=(0.0, 0.0)) -> dict:
     """Write ``volume.mrc``, ``particles.star`` (with the half of each particle, ``rlnRandomSubset``) and the
     PNGs; return their paths. The map's density is centred in its box and the origins follow
-    (:func:`map_centre_angstrom`).
+    (:func:`map_centre_angstrom`); the images are moved by the particles' mean origin ``particle_origin_px``
+    (training pixels) as in training, and the origins given against the images as they are.
 
     Under torch.distributed every rank calls it: the poses are predicted by all ranks, and rank 0 alone
     writes (the others return an empty dict).
@@ -249,7 +265,8 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
         def chunks():
             for start, rotation, origin in iter_poses(learner, dataset, normalization_std, device=device,
                                                       progress_bar=progress_bar, cluster=cluster,
-                                                      centre_angstrom=centre):
+                                                      centre_angstrom=centre,
+                                                      particle_origin_px=particle_origin_px):
                 shown.append(rotation[(torch.arange(start, start + len(rotation)) % stride) == 0])
                 yield start, matrix_to_euler(rotation.double()).numpy(), origin.double().numpy()
 
@@ -263,7 +280,8 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
         # One process: poses refined against the map and scored. The score's noise level is a median over
         # every particle, so a first pass spills the poses to a temporary file and a second streams them.
         with predict_and_score(learner, dataset, normalization_std, device=device, progress_bar=progress_bar,
-                               folder=outdir, centre_angstrom=centre) as prediction:
+                               folder=outdir, centre_angstrom=centre,
+                               particle_origin_px=particle_origin_px) as prediction:
             write_star(paths["particles"], table, poses=prediction.chunks())
             rotations = torch.cat(prediction.shown_rotations)
             prediction.log()

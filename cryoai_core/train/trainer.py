@@ -18,6 +18,7 @@ from cryoai_core import faults
 from cryoai_core.cuda import tf32_convolutions, to_device
 from cryoai_core.errors import InputError, TrainingError
 from cryoai_core.io.dataset import ParticleDataset, collate
+from cryoai_core.recentre import centred_on_average
 from cryoai_core.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, restore_learner, save_checkpoint
 from cryoai_core.train.distributed import Cluster
 from cryoai_core.train.learner import CryoAILearner
@@ -67,6 +68,9 @@ class Trainer:
         dataset: particles at the training box (``dataset.box == config.box``).
         outdir: run folder (checkpoint and metrics go there).
         normalization: ``(mean, std)`` of the images; images are divided by ``std``.
+        particle_origin_px: ``(x, y)`` mean origin ``μ`` of the particles, training pixels
+            (:func:`~cryoai_core.recentre.mean_particle_origin_px`); images are moved by ``+μ`` so that the
+            particles sit at the box centre on average (the learner's origins are ``o − μ``).
         progress_bar: show a tqdm bar (on a terminal only; plain progress lines go to stdout always).
         cluster: the ranks of a distributed run (``train/distributed.py``): each rank trains on its shard
             of every global batch, and only rank 0 writes the checkpoint, metrics and progress lines.
@@ -77,7 +81,8 @@ class Trainer:
     """
 
     def __init__(self, learner: CryoAILearner, dataset: ParticleDataset, outdir: str, normalization: tuple,
-                 progress_bar: bool = True, on_step=None, cluster: Cluster | None = None):
+                 progress_bar: bool = True, on_step=None, cluster: Cluster | None = None,
+                 particle_origin_px=(0.0, 0.0)):
         self.learner = learner
         self.config = learner.config
         self.dataset = dataset
@@ -85,6 +90,7 @@ class Trainer:
         self.outdir = outdir
         os.makedirs(outdir, exist_ok=True)
         self.normalization = tuple(float(value) for value in normalization)
+        self.particle_origin_px = tuple(float(value) for value in particle_origin_px)
         self.cluster = cluster or Cluster()
         self.progress_bar = progress_bar and sys.stderr.isatty() and self.cluster.is_writer
         self.on_step = on_step
@@ -108,6 +114,8 @@ class Trainer:
         state = read_checkpoint(self.checkpoint_path)
         self.counters.update(restore_learner(self.learner, state, self.generator))
         self.normalization = tuple(state["progress"].get("normalization", self.normalization))
+        # Runs saved before the particles' mean origin was estimated trained on the images as they are.
+        self.particle_origin_px = tuple(state["progress"].get("particle_origin_px", (0.0, 0.0)))
         self.metrics.load(up_to_step=self.learner.steps)
         logger.info("resumed from %s: step %d, epoch %d, %.1f min done", self.checkpoint_path,
                     self.learner.steps, self.counters["epoch"], self.counters["elapsed_s"] / 60)
@@ -148,7 +156,8 @@ class Trainer:
     def _checkpoint(self) -> None:
         self._check_divergence()
         if self.cluster.is_writer:
-            progress = dict(self.counters, normalization=list(self.normalization))
+            progress = dict(self.counters, normalization=list(self.normalization),
+                            particle_origin_px=list(self.particle_origin_px))
             save_checkpoint(self.checkpoint_path, self.learner, progress, self.generator)
         self._last_checkpoint = time.monotonic()
         self._checkpoints_written += 1
@@ -217,7 +226,7 @@ class Trainer:
                 if not torch.isfinite(batch["image"]).all():
                     raise InputError("a batch holds NaN or infinite pixel values (particles "
                                      f"{batch['index'][:3].tolist()}...)")
-                images = to_device(batch["image"], self.device) / std
+                images = centred_on_average(to_device(batch["image"], self.device) / std, self.particle_origin_px)
                 ctf = to_device(batch["ctf"], self.device) if "ctf" in batch else None
                 result = self.learner.step(images, ctf, self.progress(), self.generator, indices=batch["index"])
                 result.loss, elapsed_s, stop = self.cluster.agree(result.loss, time.monotonic() - clock,
