@@ -104,8 +104,11 @@ def symmetry_centre_px(image) -> np.ndarray:
 
 def mean_particle_origin_px(dataset, num_samples: int = 1000, generator: torch.Generator | None = None,
                             batch_size: int = 256) -> np.ndarray:
-    """``μ`` ``(2,)``: the RELION origin ``(x, y)`` of the average particle, in pixels of ``dataset``'s box,
+    """``μ`` ``(2,)``: the RELION origin ``(x, y)`` of the average particle, in whole pixels of ``dataset``'s box,
     from a random sample of its images (minus the :func:`symmetry_centre_px` of their average).
+
+    Rounded to whole pixels: moving images by whole pixels is exact (a cyclic shift), the half pixel left
+    is well within the search's reach, and particles centred on average are left exactly as they are.
 
     Args:
         dataset: a :class:`~cryoai_core.io.dataset.ParticleDataset` (at the training box).
@@ -117,7 +120,7 @@ def mean_particle_origin_px(dataset, num_samples: int = 1000, generator: torch.G
     total = torch.zeros(dataset.box, dataset.box, dtype=torch.float64)
     for start in range(0, count, batch_size):
         total += dataset.__getitems__(chosen[start:start + batch_size])["image"].to(torch.float64).sum(dim=0)
-    return -symmetry_centre_px((total / count).numpy())
+    return -np.round(symmetry_centre_px((total / count).numpy()))
 
 
 def centred_on_average(images: torch.Tensor, particle_origin_px) -> torch.Tensor:
