@@ -7,17 +7,24 @@ same case, compared with their truth (median angle, fraction within 20°) along 
 seconds per image. This separates what the search can do from what training gives it: a learner cannot
 find better poses than its search does against the right map.
 
+Each line also scores every particle at its *true* pose against the same map. A wrong pose (beyond 20°)
+whose distance is larger than the true pose's is a search failure (a closer pose exists and the search
+missed it); one whose distance is smaller is what the data themselves prefer at this SNR and map, which
+no search can undo (``wrong_closer_than_truth``).
+
 Example, with the sets ``realistic.py`` keeps (its held-out set as reference, its training set as test):
     python benchmarks/oracle_search.py runs/b_seed1/heldout_2000/particles.star \\
-        runs/b_seed1/sim_30000/particles.star --count 256 --tag b --candidates 1 4 8
+        runs/b_seed1/sim_30000/particles.star --count 256 --tag b --candidates 16 64 --finalists 1 8
 """
 import argparse
+import itertools
 import json
 import os
 import sys
 import time
 
 import numpy as np
+import roma
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,6 +50,11 @@ def main() -> None:
     parser.add_argument("test", help="star of another set of the same case, true poses in it")
     parser.add_argument("--count", type=int, default=256, help="particles of the test set searched")
     parser.add_argument("--candidates", type=int, nargs="+", default=[1, SearchConfig.candidates])
+    parser.add_argument("--finalists", type=int, nargs="+", default=[1],
+                        help="finalists of the knock-out refinement (each with every --candidates value)")
+    parser.add_argument("--rotations", type=int, default=SearchConfig.rotations, help="rotations of the grid")
+    parser.add_argument("--shift-points", type=int, default=SearchConfig.shift_points,
+                        help="points per axis of the coarse translation grid")
     parser.add_argument("--tag", default="", help="name of the case in the JSON lines")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
@@ -60,25 +72,46 @@ def main() -> None:
     box, pixel = test.box, test.pixel_size_angstrom
     disk = HalfDisk(box, box // 2 - 1)
     config = SearchConfig()
-    shift_step_px = 2.0 * config.max_shift_fraction * box / (config.shift_points - 1)
+    shift_step_px = 2.0 * config.max_shift_fraction * box / (args.shift_points - 1)
     truth = euler_to_matrix(table.euler_angles_degrees).double()
-    for candidates in args.candidates:
-        search = PoseSearch(num_rotations=config.rotations, max_shift_px=config.max_shift_fraction * box,
-                            shift_points=config.shift_points, coarse_radius_px=box / (2.0 * shift_step_px),
-                            refine_steps=config.refine_steps, candidates=candidates)
-        found, cpu = [], time.process_time()
+    truth_origins_px = torch.as_tensor(table.origins_angstrom / pixel).float()
+    for candidates, finalists in itertools.product(args.candidates, args.finalists):
+        search = PoseSearch(num_rotations=args.rotations, max_shift_px=config.max_shift_fraction * box,
+                            shift_points=args.shift_points, coarse_radius_px=box / (2.0 * shift_step_px),
+                            refine_steps=config.refine_steps, candidates=candidates, finalists=finalists)
+        found, found_distances, true_distances, cpu = [], [], [], time.process_time()
         for start in range(0, len(test), args.batch_size):
-            batch = test.__getitems__(list(range(start, min(start + args.batch_size, len(test)))))
+            rows = list(range(start, min(start + args.batch_size, len(test))))
+            batch = test.__getitems__(rows)
             targets = disk.gather(fft2_centered(batch["image"].float()))
             ctf = compute_ctf(disk.freqs_px.double() / pixel, CTFParams.from_array(batch["ctf"].double())).float()
-            found.append(search.search(grid, targets, ctf, disk, torch.Generator().manual_seed(0)).rotations)
-        errors = pose_errors(torch.cat(found).double(), truth, try_mirror=False)
+            searched = search.search(grid, targets, ctf, disk, torch.Generator().manual_seed(0))
+            found.append(searched.rotations)
+            found_distances.append(searched.distances)
+            cpu_spent = time.process_time()
+            true_distances.append(search.distances(grid, targets, ctf, disk, truth[rows].float(),
+                                                   truth_origins_px[rows]))
+            cpu -= time.process_time() - cpu_spent
+        rotations = torch.cat(found).double()
+        errors = pose_errors(rotations, truth, try_mirror=False)
+        wrong = _angles_degrees(rotations, truth) > 20.0
+        closer = torch.cat(found_distances) <= torch.cat(true_distances)
         print(json.dumps({"benchmark": "oracle_search", "case": args.tag, "box": box, "particles": len(test),
                           "reference_particles": len(dataset), "reference_half_map_px": result.resolution_pixels,
-                          "candidates": candidates, "median_angle_degrees": round(errors["median_angle_degrees"], 2),
+                          "rotations": args.rotations, "shift_points": args.shift_points, "candidates": candidates,
+                          "finalists": search.finalists,
+                          "median_angle_degrees": round(errors["median_angle_degrees"], 2),
                           "fraction_within_20_degrees": round(errors["fraction_within_20_degrees"], 3),
+                          "wrong_closer_than_truth": round(float((wrong & closer).float().mean()), 3),
+                          "wrong_search_failures": round(float((wrong & ~closer).float().mean()), 3),
                           "cpu_s_per_image": round((time.process_time() - cpu) / len(test), 4),
                           "threads": args.threads}), flush=True)
+
+
+def _angles_degrees(rotations: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Angle ``(B,)`` between each pair of ``(B, 3, 3)`` rotations, degrees (no global alignment: the map is
+    made from the true poses, so it is in the truth's frame)."""
+    return torch.rad2deg(roma.rotmat_geodesic_distance(rotations, truth))
 
 
 if __name__ == "__main__":

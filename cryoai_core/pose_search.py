@@ -6,7 +6,9 @@ current batch (the cost per step depends on the batch, never on the data set siz
 
 * **global**: a quasi-uniform SO(3) grid (randomly re-oriented at every call) x a coarse translation grid
   spanning ``±max_shift_px``, scored on a low-frequency disk where the translation grid step is resolved;
-  then a local refinement of the best pose of each image on the full disk.
+  its ``candidates`` closest poses per image are screened on the full disk, and the ``finalists`` closest of
+  those are refined locally on the full disk as a knock-out: after each round of refinement the closer half
+  goes on, until one is left.
 * **local** (:meth:`PoseSearch.refine`): around given poses (the encoder's, or the global winners),
   ``27`` rotations (rotation vectors ``{-1, 0, 1}³ x step``) x ``9`` translations (``{-1, 0, 1}² x step``),
   keeping the best, with both steps halved at each round. The starting pose is a candidate of every
@@ -76,6 +78,19 @@ class SearchResult:
     """``(B,)`` weighted L2 distances of the best poses (the loss's per-image distance)."""
 
 
+def _gather(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``values (B, K, ...)`` at the per-image indices ``order (B, M)``: ``(B, M, ...)``."""
+    index = order.reshape(order.shape + (1,) * (values.dim() - 2)).expand(order.shape + values.shape[2:])
+    return values.gather(1, index)
+
+
+def _closest(rotations: torch.Tensor, origins_px: torch.Tensor, distances: torch.Tensor) -> SearchResult:
+    """The closest of ``M`` poses per image (``(B, M, 3, 3)``, ``(B, M, 2)``, ``(B, M)``)."""
+    best, index = distances.min(dim=1)
+    rows = torch.arange(len(distances), device=distances.device)
+    return SearchResult(rotations[rows, index], origins_px[rows, index], best)
+
+
 class _Batch:
     """The pose-independent terms of a batch on a disk: ``w C conj(Y)``, ``w C²``, ``Σ w |Y|²`` and ``Σ w``."""
 
@@ -122,14 +137,17 @@ class PoseSearch:
         coarse_radius_px: Fourier radius (pixels) of the coarse global stage.
         refine_steps: rounds of local refinement after the global stage.
         candidates: poses of the coarse stage per image (the closest on the coarse disk) screened on the full
-            disk; the closest of them starts the local refinement.
+            disk.
+        finalists: the screening's closest poses per image that are refined: all take the first round of
+            local refinement, and after each round the closer half goes on (8 -> 4 -> 2 -> 1). At low SNR the
+            right pose is often not the closest before it is refined (``benchmarks/oracle_search.py``).
     """
 
     def __init__(self, *, num_rotations: int, max_shift_px: float, shift_points: int, coarse_radius_px: float,
-                 refine_steps: int, candidates: int = 1):
-        if num_rotations < 1 or shift_points < 1 or refine_steps < 0 or candidates < 1:
-            raise ValueError("the search needs at least one rotation, one translation, one candidate and "
-                             "refine_steps ≥ 0")
+                 refine_steps: int, candidates: int = 1, finalists: int = 1):
+        if num_rotations < 1 or shift_points < 1 or refine_steps < 0 or candidates < 1 or finalists < 1:
+            raise ValueError("the search needs at least one rotation, one translation, one candidate, one "
+                             "finalist and refine_steps ≥ 0")
         self.base_rotations = super_fibonacci_rotations(num_rotations, torch.float32)
         steps = torch.linspace(-max_shift_px, max_shift_px, shift_points) if shift_points > 1 else torch.zeros(1)
         gy, gx = torch.meshgrid(steps, steps, indexing="ij")
@@ -139,6 +157,7 @@ class PoseSearch:
         self.coarse_radius_px = coarse_radius_px
         self.refine_steps = refine_steps
         self.candidates = min(candidates, num_rotations * shift_points ** 2)
+        self.finalists = min(finalists, self.candidates)
 
     @torch.no_grad()
     def search(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,
@@ -149,9 +168,9 @@ class PoseSearch:
         sampled through :meth:`FourierGrid.sampler`).
         """
         volume, batch = _sampler(volume), _Batch(targets, ctf, disk)
-        start_rotations, start_shifts, distances = self._global_start(volume, batch, disk, generator)
-        return self._refine(volume, batch, start_rotations, start_shifts, self.step_degrees / 2.0,
-                            self.shift_step_px / 2.0, self.refine_steps, distances)
+        starts = self._global_start(volume, batch, disk, generator)
+        return _closest(*self._knockout(volume, batch, *starts, self.step_degrees / 2.0, self.shift_step_px / 2.0,
+                                        self.refine_steps))
 
     @torch.no_grad()
     def search_or_refine(self, volume, targets: torch.Tensor, ctf: torch.Tensor | None, disk: HalfDisk,
@@ -170,55 +189,86 @@ class PoseSearch:
         local_first, global_first = min(1, steps), min(1, self.refine_steps)
         local = self._refine(volume, batch, rotations.float(), origins_px.float(), rotation_step_degrees,
                              shift_step_px, local_first, edge_px=edge_px)
-        start_rotations, start_shifts, distances = self._global_start(volume, batch, disk, generator)
-        found = self._refine(volume, batch, start_rotations, start_shifts, self.step_degrees / 2.0,
-                             self.shift_step_px / 2.0, global_first, distances, edge_px)
+        rotation_step, shift_step = self.step_degrees / 2.0, self.shift_step_px / 2.0
+        finalists = self._knockout(volume, batch, *self._global_start(volume, batch, disk, generator),
+                                   rotation_step, shift_step, global_first, edge_px)
+        found = _closest(*finalists)
         closest = torch.minimum(found.distances, local.distances)
         explained = (batch.energy / batch.total_weight - closest).clamp(min=0.0)
         tie = (found.distances - local.distances).abs() < tie_fraction * explained
         searched = found.distances < local.distances
-        starts = ((local, ~searched | tie, rotation_step_degrees, shift_step_px, steps - local_first),
-                  (found, searched | tie, self.step_degrees / 2.0, self.shift_step_px / 2.0,
-                   self.refine_steps - global_first))
-        ends = []
-        for result, rows, rotation_step, shift_step, rest in starts:
-            rotations, origins_px = result.rotations.clone(), result.origins_px.clone()
-            distances = result.distances.clone()
-            if rest > 0 and bool(rows.any()):
-                more = self._refine(volume, batch.rows(rows), rotations[rows], origins_px[rows], rotation_step / 2.0,
-                                    shift_step / 2.0, rest, distances[rows], edge_px)
-                rotations[rows], origins_px[rows], distances[rows] = more.rotations, more.origins_px, more.distances
-            ends.append(SearchResult(rotations, origins_px, distances))
+        rest = self.refine_steps - global_first
+        go_on = searched | tie
+        if rest > 0 and bool(go_on.any()):
+            rotations, origins_px, distances = (part[go_on] for part in finalists)
+            more = _closest(*self._knockout(volume, batch.rows(go_on), rotations, origins_px, distances,
+                                            rotation_step / 2.0, shift_step / 2.0, rest, edge_px))
+            found = SearchResult(found.rotations.clone(), found.origins_px.clone(), found.distances.clone())
+            found.rotations[go_on], found.origins_px[go_on], found.distances[go_on] = \
+                more.rotations, more.origins_px, more.distances
+        rows, rest = ~searched | tie, steps - local_first
+        if rest > 0 and bool(rows.any()):
+            more = self._refine(volume, batch.rows(rows), local.rotations[rows], local.origins_px[rows],
+                                rotation_step_degrees / 2.0, shift_step_px / 2.0, rest, local.distances[rows], edge_px)
+            local = SearchResult(local.rotations.clone(), local.origins_px.clone(), local.distances.clone())
+            local.rotations[rows], local.origins_px[rows], local.distances[rows] = \
+                more.rotations, more.origins_px, more.distances
         # Where only the leader went on, its distance only fell: it stays ahead of the other's first round.
-        local, found = ends
         better = found.distances < local.distances
         return SearchResult(torch.where(better[:, None, None], found.rotations, local.rotations),
                             torch.where(better[:, None], found.origins_px, local.origins_px),
                             torch.minimum(found.distances, local.distances))
 
     def _global_start(self, volume, batch: _Batch, disk: HalfDisk, generator: torch.Generator | None) -> tuple:
-        """Per image, the start of the global search's local refinement: ``(rotations (B, 3, 3), origins_px (B, 2),
-        distances (B,) or None)``.
+        """Per image, the starts of the global search's local refinement: ``(rotations (B, M, 3, 3),
+        origins_px (B, M, 2), distances (B, M) or None)``, ``M`` the finalists.
 
-        With one candidate, the coarse grid's closest pose. With ``K`` candidates, the coarse grid's ``K``
-        closest poses are screened on the full disk, each with its translation and the 8 around it at half the
-        grid's step (the rotation as it is), and the closest survives. At low SNR the coarse disk often ranks a
+        With one candidate, the coarse grid's closest pose (its distance on the full disk not yet known). With
+        ``K`` candidates, the coarse grid's ``K`` closest poses are screened on the full disk, each with its
+        translation and the 8 around it at half the grid's step (the rotation as it is), and the ``M`` closest
+        candidates (each at its best translation) are the finalists. At low SNR the coarse disk often ranks a
         wrong pose first while the right one is among the next few (``benchmarks/oracle_search.py``)."""
         rotations, shifts = self._coarse(volume, batch, disk, generator)                # (B, K, 3, 3), (B, K, 2)
         count, kept = rotations.shape[:2]
         if kept == 1:
-            return rotations[:, 0], shifts[:, 0], None
+            return rotations, shifts, None
         rows = torch.arange(count, device=rotations.device).repeat_interleave(kept)
         offsets = _UNIT_2D.to(shifts.device) * (self.shift_step_px / 2.0)
         around = shifts.reshape(-1, 1, 2) + offsets                                              # (BK, 9, 2)
         scores = self._distances(volume, batch.rows(rows), rotations.reshape(-1, 1, 3, 3), shifts.reshape(-1, 2),
                                  offsets)                                                        # (BK, 9, 1)
-        scores = scores.reshape(count, kept * len(_UNIT_2D))
-        flat = scores.argmin(dim=1)
-        index = torch.arange(count, device=rotations.device)
-        chosen = index * kept + flat // len(_UNIT_2D)
-        return (rotations.reshape(-1, 3, 3)[chosen], around.reshape(-1, len(_UNIT_2D), 2)[chosen, flat % len(_UNIT_2D)],
-                scores[index, flat])
+        best, shift_index = scores[:, :, 0].min(dim=1)                                                 # (BK,)
+        origins_px = around[torch.arange(len(around), device=around.device), shift_index].reshape(count, kept, 2)
+        distances, order = best.reshape(count, kept).topk(min(self.finalists, kept), dim=1, largest=False)
+        return _gather(rotations, order), _gather(origins_px, order), distances
+
+    def _knockout(self, volume, batch: _Batch, rotations: torch.Tensor, origins_px: torch.Tensor,
+                  distances: torch.Tensor | None, rotation_step_degrees: float, shift_step_px: float,
+                  rounds: int, edge_px: float = 0.0) -> tuple:
+        """``rounds`` rounds of local refinement of ``M`` poses per image (``rotations (B, M, 3, 3)``,
+        ``origins_px (B, M, 2)``, their ``distances (B, M)`` or None), steps halved at each round; after each
+        round only the closer half of each image's poses goes on. Returns the survivors in the same form."""
+        count, alive = rotations.shape[:2]
+        rows = torch.arange(count, device=rotations.device).repeat_interleave(alive)
+        if distances is None:
+            part = batch if alive == 1 else batch.rows(rows)
+            still = torch.zeros(1, 2, device=rotations.device)
+            distances = self._distances(volume, part, rotations.reshape(-1, 1, 3, 3), origins_px.reshape(-1, 2),
+                                        still)[:, 0, 0].reshape(count, alive)
+        for _ in range(rounds):
+            rows = torch.arange(count, device=rotations.device).repeat_interleave(alive)
+            refined = self._refine(volume, batch if alive == 1 else batch.rows(rows), rotations.reshape(-1, 3, 3),
+                                   origins_px.reshape(-1, 2), rotation_step_degrees, shift_step_px, 1,
+                                   distances.reshape(-1), edge_px)
+            rotations = refined.rotations.reshape(count, alive, 3, 3)
+            origins_px = refined.origins_px.reshape(count, alive, 2)
+            distances = refined.distances.reshape(count, alive)
+            if alive > 1:
+                alive = max(1, alive // 2)
+                distances, order = distances.topk(alive, dim=1, largest=False)
+                rotations, origins_px = _gather(rotations, order), _gather(origins_px, order)
+            rotation_step_degrees, shift_step_px = rotation_step_degrees / 2.0, shift_step_px / 2.0
+        return rotations, origins_px, distances
 
     def _coarse(self, volume, batch: _Batch, disk: HalfDisk, generator: torch.Generator | None) -> tuple:
         """The global grid's ``candidates`` closest poses on the coarse disk, ``(rotations (B, K, 3, 3),

@@ -21,9 +21,11 @@ PREDICT_BATCH = 24
 
 
 def tiny_config(bootstrap: bool = True, epochs: float = 1.0) -> TrainConfig:
-    """One coarse candidate: on this untrained 16 px map, screening 16 near-equal candidates lets the rounding
-    of differently shaped shard products flip choices, which the loss comparison would read as a DDP error."""
-    return build(search_candidates=1, box=16, pixel_size_angstrom=6.0, input_box=16, input_pixel_size_angstrom=6.0, epochs=epochs,
+    """One coarse candidate, in training and after: on this untrained 16 px map, screening near-equal candidates
+    lets the rounding of differently shaped shard products flip choices, which the comparison would read as a
+    DDP error."""
+    return build(search_candidates=1, search_refine_candidates=1, search_refine_finalists=1, box=16,
+                 pixel_size_angstrom=6.0, input_box=16, input_pixel_size_angstrom=6.0, epochs=epochs,
                  batch_size=32, search_rotations=256, fouriernet_width=16, encoder_base_channels=4, log_every=1,
                  bootstrap=bootstrap, bootstrap_max_fraction=0.7, seed=5)
 

@@ -97,8 +97,15 @@ class SearchConfig:
     shift_points: int = setting(7, "points per axis of the coarse translation grid")
     refine_steps: int = setting(3, "halvings of the local refinement (27 rotations x 9 translations around the best)")
     candidates: int = setting(16, "poses of the global grid's coarse stage per image screened on the full disk "
-                                  "(each at its translation and the 8 around it); the closest starts the local "
-                                  "refinement")
+                                  "(each at its translation and the 8 around it) in training")
+    finalists: int = setting(1, "the screening's closest poses per image refined in training: each takes a round "
+                                "of local refinement, then the closer half goes on until one is left")
+    refine_candidates: int = setting(64, "refining poses after training (abinit's export, predict-poses --refine), "
+                                         "--search-candidates of the global search")
+    refine_finalists: int = setting(8, "refining poses after training, --search-finalists of the global search "
+                                       "(benchmarks/oracle_search.py: at 64 px and SNR 0.05, 64 candidates and "
+                                       "8 finalists find 75 % of poses within 20° against the right map, 16 and "
+                                       "1 57 %)")
     local_rotation_degrees: float = setting(6.0, "first rotation step of the local refinement around an "
                                                  "encoder pose, degrees (then halved)")
     local_shift_px: float = setting(1.0, "first translation step of the local refinement around an encoder "
@@ -124,6 +131,7 @@ class SearchConfig:
         _require(0 <= self.max_shift_fraction <= 0.5,
                  f"--search-max-shift-fraction must lie in [0, 0.5], got {self.max_shift_fraction}")
         _require(self.shift_points >= 1 and self.refine_steps >= 0 and self.global_every >= 1 and self.candidates >= 1
+                 and self.finalists >= 1 and self.refine_candidates >= 1 and self.refine_finalists >= 1
                  and self.grid_refresh_steps >= 1 and self.grid_oversampling >= 1,
                  "search grid sizes, steps and rates must be positive")
         _require(self.local_rotation_degrees >= 0 and self.local_shift_px >= 0 and self.refine_edge_px >= 0

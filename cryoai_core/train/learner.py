@@ -93,6 +93,7 @@ class CryoAILearner(torch.nn.Module):
         self._grid_radius = 0.0
         self._grid_step = -1
         self._search = None
+        self._refine_search = None
         self.memory = None
         self._indices = None
         """Each particle's best pose so far (:meth:`attach_memory`), or ``None``."""
@@ -184,11 +185,22 @@ class CryoAILearner(torch.nn.Module):
         """The pose search of this run (global grid and local refinement)."""
         if self._search is None:
             c = self.config
-            self._search = PoseSearch(num_rotations=c.search.rotations,
-                                      max_shift_px=c.search.max_shift_fraction * c.box,
-                                      shift_points=c.search.shift_points, coarse_radius_px=c.coarse_radius_px,
-                                      refine_steps=c.search.refine_steps, candidates=c.search.candidates)
+            self._search = self._pose_search(c.search.candidates, c.search.finalists)
         return self._search
+
+    @property
+    def refine_search(self) -> PoseSearch:
+        """The global search that refines poses after training (more candidates and finalists)."""
+        if self._refine_search is None:
+            c = self.config.search
+            self._refine_search = self._pose_search(c.refine_candidates, c.refine_finalists)
+        return self._refine_search
+
+    def _pose_search(self, candidates: int, finalists: int) -> PoseSearch:
+        c = self.config
+        return PoseSearch(num_rotations=c.search.rotations, max_shift_px=c.search.max_shift_fraction * c.box,
+                          shift_points=c.search.shift_points, coarse_radius_px=c.coarse_radius_px,
+                          refine_steps=c.search.refine_steps, candidates=candidates, finalists=finalists)
 
     def cached_map(self, disk: HalfDisk):
         """FourierNet cached on a Fourier grid covering ``disk``: rebuilt every ``search.grid_refresh_steps``
@@ -374,7 +386,7 @@ class CryoAILearner(torch.nn.Module):
         grid = self.cached_map(disk)
         ctf = None if ctf_params is None else self.ctf_values(ctf_params, disk)
         targets = self.spectra(images, disk)
-        found = self.search.search_or_refine(grid, targets, ctf, disk, rotations,
+        found = self.refine_search.search_or_refine(grid, targets, ctf, disk, rotations,
                                              origins_angstrom / config.pixel_size_angstrom,
                                              config.search.local_rotation_degrees, config.search.local_shift_px,
                                              config.search.refine_steps, generator,
