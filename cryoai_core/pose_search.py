@@ -57,15 +57,17 @@ def _sampler(volume):
     return volume.sampler() if isinstance(volume, FourierGrid) else volume
 
 
-def network_grid(network, box: int, radius_px: float, oversampling: int) -> FourierGrid:
+def network_grid(network, box: int, radius_px: float, oversampling: int, hermitian: bool = False) -> FourierGrid:
     """FourierNet (coords in cycles/px -> complex) cached on a grid of spacing ``1 / (oversampling·box)``.
 
-    Points within ``radius_px + 2`` Fourier pixels are evaluated (the margin feeds the interpolation).
+    Points within ``radius_px + 2`` Fourier pixels are evaluated (the margin feeds the interpolation);
+    ``hermitian``: see :meth:`FourierGrid.from_function` (true of FourierNet by construction).
     """
     parameter = next(iter(network.parameters()), None) if hasattr(network, "parameters") else None
     device = parameter.device if parameter is not None else torch.device("cpu")
     size = oversampling * box
-    return FourierGrid.from_function(network, size, 1.0 / size, (radius_px + 2.0) / box, device=device)
+    return FourierGrid.from_function(network, size, 1.0 / size, (radius_px + 2.0) / box, device=device,
+                                     hermitian=hermitian)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,12 +53,29 @@ class FourierGrid:
 
     @classmethod
     @torch.no_grad()
-    def from_function(cls, function, size: int, spacing: float, radius: float, device=None) -> "FourierGrid":
-        """Evaluate ``function`` (coords ``(P, 3)`` -> complex ``(P,)``) on the grid points within ``radius``."""
+    def from_function(cls, function, size: int, spacing: float, radius: float, device=None,
+                      hermitian: bool = False) -> "FourierGrid":
+        """Evaluate ``function`` (coords ``(P, 3)`` -> complex ``(P,)``) on the grid points within ``radius``.
+
+        ``hermitian``: ``function(-k) = conj(function(k))`` holds exactly (the transform of a real map, as
+        FourierNet builds it), so only half of the points are evaluated and the others are their mirrors'
+        conjugates. On a grid of even size the first plane of each axis has no mirror and is evaluated too."""
         coords = frequency_grid_3d(size, device=device) * (size * spacing)
         inside = torch.linalg.vector_norm(coords, dim=-1) <= radius
         values = torch.zeros(coords.shape[:-1], dtype=torch.complex64, device=device)
-        values[inside] = function(coords[inside]).to(torch.complex64)
+        if not hermitian:
+            values[inside] = function(coords[inside]).to(torch.complex64)
+            return cls(values, spacing)
+        # Indices first.. of every axis pair i with 2 (size // 2) - i: on the flattened sub-cube, a with n - 1 - a.
+        first = 1 - size % 2
+        mirrored = torch.zeros_like(inside)
+        count = (size - first) ** 3
+        mirrored[first:, first:, first:] = (torch.arange(count, device=device) >= (count + 1) // 2).reshape(
+            (size - first,) * 3)
+        evaluated = inside & ~mirrored
+        values[evaluated] = function(coords[evaluated]).to(torch.complex64)
+        cube = values[first:, first:, first:]
+        cube[mirrored[first:, first:, first:]] = cube.flip(0, 1, 2).conj()[mirrored[first:, first:, first:]]
         return cls(values, spacing)
 
     def sample(self, coords: torch.Tensor) -> torch.Tensor:

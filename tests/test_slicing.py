@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from cryoai_core.fourier import rotate_180_in_plane
+from cryoai_core.fourier import frequency_grid_3d, rotate_180_in_plane
+from cryoai_core.models.fouriernet import FourierNet
 from cryoai_core.rotations import MIRROR, compose_in_plane_180, euler_to_matrix, random_rotations
 from cryoai_core.slicing import FourierGrid, VoxelFourierVolume, central_slice_coords
+from cryoai_core.train.config import FourierNetConfig
 from reference_formulas import blob_volume
 
 BOX = 32
@@ -181,3 +183,23 @@ def test_folded_grid_samples_like_the_grid_itself_and_reads_zeros_off_the_grid()
                           [0.0, 0.0, 0.5 * (m - m // 2 - 1) + 0.3], [9.0, -9.0, 9.0]])
     torch.testing.assert_close(folded(faces), grid.sample(faces), atol=1e-5, rtol=0)
     assert folded(torch.tensor([[0.0, 0.0, 0.5 * m]])).abs().item() == 0.0
+
+
+def test_hermitian_grid_evaluates_half_the_points_and_equals_the_full_evaluation():
+    # FourierNet is Hermitian by construction; on an even grid the -Nyquist planes (inside radius 0.55) have
+    # no mirror and must be evaluated, on an odd grid every point has one.
+    torch.manual_seed(0)
+    network = FourierNet(FourierNetConfig(width=16), 16).eval()
+    for size in (16, 17):
+        points = []
+
+        def counted(coords):
+            points.append(len(coords))
+            return network(coords)
+
+        full = FourierGrid.from_function(network, size, 1.0 / size, 0.55)
+        half = FourierGrid.from_function(counted, size, 1.0 / size, 0.55, hermitian=True)
+        assert torch.equal(half._grid, full._grid)
+        inside = int((torch.linalg.vector_norm(frequency_grid_3d(size), dim=-1) <= 0.55).sum())
+        assert inside / 2 < sum(points) < 0.56 * inside
+

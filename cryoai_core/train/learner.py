@@ -210,7 +210,8 @@ class CryoAILearner(torch.nn.Module):
         if self._grid is None or stale or self._grid_radius < radius:
             was_training = self.decoder.training
             self.decoder.eval()
-            self._grid = network_grid(self.decoder, self.config.box, radius, self.config.search.grid_oversampling)
+            self._grid = network_grid(self.decoder, self.config.box, radius, self.config.search.grid_oversampling,
+                                      hermitian=True)
             self.decoder.train(was_training)
             self._grid_radius, self._grid_step = radius, self.steps
         return self._grid
