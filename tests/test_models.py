@@ -179,6 +179,14 @@ def test_gaussian_bank_keeps_the_image_at_sigma_0_and_blurs_with_a_normalised_ga
     r2 = coords[None, :] ** 2 + coords[:, None] ** 2
     expected = np.exp(-r2 / (2 * 2.0 ** 2)) / (2 * np.pi * 2.0 ** 2)
     np.testing.assert_allclose(blurred, expected, atol=1e-5)
+    # Off centre, next to a corner: the same Gaussian about that pixel, wrapped around the box (the filter is
+    # a circular convolution, whichever way the spectrum is centred).
+    corner = torch.zeros(1, box, box)
+    corner[0, 1, box - 2] = 1.0
+    y = ((np.arange(box) - 1 + box // 2) % box - box // 2)[:, None]
+    x = (np.arange(box) - (box - 2) + box // 2) % box - box // 2
+    expected = np.exp(-(x ** 2 + y ** 2) / (2 * 2.0 ** 2)) / (2 * np.pi * 2.0 ** 2)
+    np.testing.assert_allclose(bank(corner)[0, 1].numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("box, radius", [(16, 5.0), (16, 7.5), (24, 11.0)])

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cryoai_core.cuda import encoder_autocast
-from cryoai_core.fourier import fft2_centered, ifft2_centered, radial_frequency_2d
+from cryoai_core.fourier import radial_frequency_2d
 from cryoai_core.rotations import sixd_to_matrix
 from cryoai_core.train.config import EncoderConfig
 
@@ -28,8 +28,11 @@ class GaussianBank(nn.Module):
         self.register_buffer("transfer", torch.exp(-2.0 * math.pi ** 2 * sigmas ** 2 * radius ** 2))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        spectra = fft2_centered(images).unsqueeze(1)
-        return ifft2_centered(spectra * self.transfer).real
+        # A filter commutes with circular shifts, so the centred transform's rolls cancel: the uncentred
+        # transfer multiplies the real FFT's half spectrum (the transfer is even in k, the product Hermitian).
+        half = torch.fft.ifftshift(self.transfer, dim=(-2, -1))[..., : images.shape[-1] // 2 + 1]
+        spectra = torch.fft.rfft2(images).unsqueeze(1)
+        return torch.fft.irfft2(spectra * half, s=images.shape[-2:])
 
 
 def _stage(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -77,9 +80,11 @@ class PoseEncoder(nn.Module):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Filter bank, then zero mean and unit variance per image and channel: ``(B, F, L, L)``."""
         stack = self.bank(images)
-        mean = stack.mean(dim=(-2, -1), keepdim=True)
-        std = stack.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
-        return (stack - mean) / std
+        std, mean = torch.std_mean(stack, dim=(-2, -1), keepdim=True)
+        scale = 1.0 / std.clamp_min(1e-6)
+        # (stack - mean) / std in one pass, written in the channels-last layout the convolutions read.
+        out = torch.empty_like(stack, memory_format=torch.channels_last)
+        return torch.addcmul(-mean * scale, stack, scale, out=out)
 
     def forward(self, images: torch.Tensor) -> tuple:
         """Returns ``(rotations (B, 3, 3), origins_angstrom (B, 2), sixd (B, 6))``, fp32.
