@@ -116,3 +116,22 @@ def test_the_particles_mean_origin_is_estimated_from_their_average_image_and_mov
     expected = simulator.images(rotations[:8], (origins[:8] - mean_origin) * PIXEL, ctf[:8])
     torch.testing.assert_close(moved, expected, atol=1e-3 * float(images.abs().max()), rtol=0)
     torch.testing.assert_close(centred_on_average(images[:2], (0.0, 0.0)), images[:2], atol=0, rtol=0)
+
+
+def test_exported_origins_are_against_the_images_as_they_are_and_the_recentred_map():
+    """A learner that saw images moved by μ (training pixels of 2 Å) and a map centred at c finds the origins
+    o − μ·px + (A c)_xy; the export gives back the particles' own origins o (Å)."""
+    from types import SimpleNamespace
+
+    from cryoai_core.train.export import exported_origins
+
+    learner = SimpleNamespace(config=SimpleNamespace(pixel_size_angstrom=2.0))
+    generator = torch.Generator().manual_seed(8)
+    rotations = random_rotations(5, generator).double()
+    true_angstrom = torch.randn(5, 2, generator=generator, dtype=torch.float64) * 10.0
+    mean_origin_px = (3.0, -2.0)
+    centre_angstrom = np.array([4.0, -6.0, 2.0])
+    learned = true_angstrom - torch.tensor(mean_origin_px, dtype=torch.float64) * 2.0 \
+        + torch.from_numpy(rotations.numpy() @ centre_angstrom)[:, :2]
+    torch.testing.assert_close(exported_origins(learner, rotations, learned, centre_angstrom, mean_origin_px),
+                               true_angstrom)

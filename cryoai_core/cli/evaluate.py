@@ -8,7 +8,8 @@ folder of --map).
 Poses vs truth: both particle files (.star or .cs) must list the same particles in the same order. One
 global rotation (both hands) aligns the predictions to the truth; reported are the median squared
 Frobenius norm ||R_pred - R_true||², the geodesic angle in degrees and the shift mean squared error in
-pixels (of the true particles' pixel size).
+pixels (of the true particles' pixel size); also the map translation that the origins imply (a map off
+centre against the truth moves every origin by its projection) and the shift error without it.
 
 Examples:
     cryoai evaluate --map run/map.mrc --reference sim/reference.mrc
@@ -177,6 +178,9 @@ def _print_pose_summary(report: dict) -> None:
     if "shift_mse_px2" in report:
         print(f"  shift MSE {report['shift_mse_px2']:.3f} px²,"
               f" median error {report['median_shift_error_px']:.3f} px")
+        translation = ", ".join(f"{value:.2f}" for value in report["map_translation_px"])
+        print(f"  map translation implied by the origins ({translation}) px; without it, median shift error "
+              f"{report['median_shift_error_map_translated_px']:.3f} px")
 
 
 def validate_evaluate(args) -> None:
