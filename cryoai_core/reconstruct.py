@@ -39,8 +39,7 @@ from tqdm import tqdm
 
 from cryoai_core.ctf import CTFParams, compute_ctf
 from cryoai_core.evaluate.fsc import fsc_curve, resolution_at
-from cryoai_core.fourier import crop_or_pad_real, fft2_centered, frequency_grid_2d, frequency_grid_3d, \
-    ifft3_centered, translation_phase
+from cryoai_core.fourier import fft2_centered, frequency_grid_2d, frequency_grid_3d, translation_phase
 from cryoai_core.rotations import euler_to_matrix
 from cryoai_core.slicing import central_slice_coords, trilinear_apodization
 from cryoai_core.train.config import HalfMapConfig
@@ -90,20 +89,30 @@ class FourierAccumulator:
         self._splat(coords.reshape(-1, 3), data.reshape(-1), weights.reshape(-1))
 
     def _splat(self, coords: torch.Tensor, data: torch.Tensor, weights: torch.Tensor) -> None:
+        """Trilinear insertion of complex ``data`` ``(P,)`` and real ``weights`` ``(P,)`` at grid coordinates
+        ``coords`` ``(P, 3)`` (``x, y, z`` voxel indices); corners off the grid are dropped."""
         m = self.size
         base = torch.floor(coords)
-        fraction = coords - base
+        upper = coords - base                                                   # weight of the corner above
+        lower = 1.0 - upper
         base = base.to(torch.int64)
+        flat_base = (base[:, 2] * m + base[:, 1]) * m + base[:, 0]
+        inside = [(base >= -step) & (base < m - step) for step in (0, 1)]       # per axis, (P, 3)
+        indices, factors = [], []
         for corner in range(8):
-            offset = torch.tensor([(corner >> 0) & 1, (corner >> 1) & 1, (corner >> 2) & 1])
-            index = base + offset
-            w = torch.where(offset.bool(), fraction, 1.0 - fraction).prod(dim=-1)
-            valid = ((index >= 0) & (index < m)).all(dim=-1)
-            flat = ((index[:, 2] * m + index[:, 1]) * m + index[:, 0])[valid]
-            w = w[valid]
-            self.numerator[0] += torch.bincount(flat, w * data.real[valid], minlength=m ** 3)
-            self.numerator[1] += torch.bincount(flat, w * data.imag[valid], minlength=m ** 3)
-            self.weight += torch.bincount(flat, w * weights[valid], minlength=m ** 3)
+            steps = [(corner >> axis) & 1 for axis in range(3)]
+            picks = [(upper if step else lower)[:, axis] for axis, step in enumerate(steps)]
+            valid = inside[steps[0]][:, 0] & inside[steps[1]][:, 1] & inside[steps[2]][:, 2]
+            flat = flat_base + (steps[2] * m + steps[1]) * m + steps[0]
+            # A corner off the grid adds zeros to voxel 0 (cheaper than compacting the arrays).
+            indices.append(torch.where(valid, flat, 0))
+            factors.append(torch.where(valid, picks[0] * picks[1] * picks[2], 0.0))
+        # Point by point, its 8 corners together (neighbouring voxels: fewer cache misses in the scatter).
+        index, factor = torch.stack(indices, dim=1).reshape(-1), torch.stack(factors, dim=1)   # (P 8,), (P, 8)
+        # One in-place scatter-add per sum (a bincount would build and add a dense m³ array per corner).
+        self.numerator[0].scatter_add_(0, index, (factor * data.real[:, None]).reshape(-1))
+        self.numerator[1].scatter_add_(0, index, (factor * data.imag[:, None]).reshape(-1))
+        self.weight.scatter_add_(0, index, (factor * weights[:, None]).reshape(-1))
 
     def shell_mean_weight(self) -> torch.Tensor:
         """Mean weight ``W̄`` per shell of the map box ``(L // 2 + 1,)`` (shells one map Fourier pixel wide)."""
@@ -113,10 +122,14 @@ class FourierAccumulator:
         return sums / counts
 
     def _shells(self) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.size
-        radius = torch.linalg.vector_norm(frequency_grid_3d(m, 1.0 / m, dtype=torch.float64), dim=-1)
-        shells = torch.round(radius.reshape(-1) * self.box / m).to(torch.int64)
-        return shells, shells <= self.box // 2
+        """``(shells (M³,), inside (M³,))``: each grid point's shell and whether it is within the box's Nyquist
+        shell (computed once per accumulator)."""
+        if getattr(self, "_shell_index", None) is None:
+            m = self.size
+            radius = torch.linalg.vector_norm(frequency_grid_3d(m, 1.0 / m, dtype=torch.float64), dim=-1)
+            shells = torch.round(radius.reshape(-1) * self.box / m).to(torch.int64)
+            self._shell_index = shells, shells <= self.box // 2
+        return self._shell_index
 
     def volume(self, tau_per_shell: torch.Tensor, randomize_beyond: int | None = None,
                generator: torch.Generator | None = None) -> np.ndarray:
@@ -127,18 +140,31 @@ class FourierAccumulator:
         :func:`noise_substituted_fsc`)."""
         m = self.size
         shells, inside = self._shells()
-        tau = torch.zeros(m ** 3, dtype=torch.float64)
-        tau[inside] = tau_per_shell.to(torch.float64)[shells[inside]]
-        denominator = self.weight + tau
-        spectrum = torch.complex(self.numerator[0], self.numerator[1]) / denominator.clamp_min(1e-300)
-        spectrum = torch.where(inside & (denominator > 0), spectrum, torch.zeros_like(spectrum))
+        points = inside.nonzero().squeeze(1)             # the spectrum is zero beyond the Nyquist shell
+        shells = shells[points]
+        denominator = self.weight[points] + tau_per_shell.to(torch.float64)[shells]
+        positive = denominator > 0
+        scale = torch.where(positive, 1.0 / denominator.clamp_min(1e-300), 0.0)
+        values = torch.complex(self.numerator[0][points] * scale, self.numerator[1][points] * scale)
         if randomize_beyond is not None:
             phases = torch.rand((m, m, m), generator=generator, dtype=torch.float64) * (2.0 * np.pi)
-            opposite = torch.roll(torch.flip(phases, dims=(0, 1, 2)), shifts=(1, 1, 1), dims=(0, 1, 2))
-            turn = torch.polar(torch.ones_like(phases), phases - opposite).reshape(-1)
-            spectrum = torch.where(shells > randomize_beyond, spectrum * turn, spectrum)
-        padded = ifft3_centered(spectrum.reshape(m, m, m)).real
-        volume = crop_or_pad_real(padded, self.box, 3)
+            # The point opposite index i (per axis) is -i modulo m.
+            z, y, x = points // (m * m), points // m % m, points % m
+            opposite = (((m - z) % m) * m + (m - y) % m) * m + (m - x) % m
+            flat = phases.reshape(-1)
+            difference = flat[points] - flat[opposite]
+            turned = shells > randomize_beyond
+            values = torch.where(turned, values * torch.polar(torch.ones_like(difference), difference), values)
+        spectrum = torch.zeros(m ** 3, dtype=torch.complex128)
+        spectrum[points] = values
+        # The centred inverse transform cropped to the box, without rolling the padded cube: on an even grid the
+        # centring roll of the spectrum multiplies the uncentred inverse by (-1)^n on every axis, and the box is
+        # the window of uncentred indices [-L/2, L/2).
+        window = torch.arange(-(self.box // 2), self.box - self.box // 2) % m
+        sign = 1.0 - 2.0 * (window % 2).to(torch.float64)
+        padded = torch.fft.ifftn(spectrum.reshape(m, m, m))
+        volume = padded[window][:, window][:, :, window].real \
+            * (sign[:, None, None] * sign[None, :, None] * sign[None, None, :])
         volume = volume / trilinear_apodization(self.box, m, volume.dtype, volume.device)
         return (volume / self.pixel_size_angstrom).numpy()
 

@@ -161,3 +161,28 @@ def test_noise_substitution_takes_out_what_the_crop_carries_from_low_to_high_she
     assert resolution_at(frequencies, measured.fsc, 0.143) > 6.0               # they share shells ≤ 3-4
     assert measured.randomized_beyond == 4
     np.testing.assert_array_equal(measured.fsc[:5], measured.fsc_uncorrected[:5])
+
+
+def test_insertion_spreads_each_point_over_its_eight_corners_and_drops_those_off_the_grid():
+    # A plain loop over points and corners, with points within a voxel of every face and beyond them.
+    accumulator = FourierAccumulator(8, 1.0, 2)
+    m = accumulator.size
+    generator = torch.Generator().manual_seed(0)
+    coords = torch.rand(300, 3, generator=generator, dtype=torch.float64) * (m + 2.0) - 1.5
+    data = torch.complex(torch.randn(300, generator=generator, dtype=torch.float64),
+                         torch.randn(300, generator=generator, dtype=torch.float64))
+    weights = torch.rand(300, generator=generator, dtype=torch.float64)
+    accumulator._splat(coords, data, weights)
+    numerator, weight = np.zeros(m ** 3, dtype=complex), np.zeros(m ** 3)
+    for point, value, w in zip(coords.numpy(), data.numpy(), weights.numpy()):
+        base = np.floor(point).astype(int)
+        for corner in np.ndindex(2, 2, 2):
+            index = base + np.array(corner)
+            if ((index >= 0) & (index < m)).all():
+                factor = np.prod(np.where(np.array(corner) == 1, point - base, 1.0 - (point - base)))
+                flat = (index[2] * m + index[1]) * m + index[0]
+                numerator[flat] += factor * value
+                weight[flat] += factor * w
+    np.testing.assert_allclose(accumulator.numerator[0].numpy(), numerator.real, atol=1e-12)
+    np.testing.assert_allclose(accumulator.numerator[1].numpy(), numerator.imag, atol=1e-12)
+    np.testing.assert_allclose(accumulator.weight.numpy(), weight, atol=1e-12)
