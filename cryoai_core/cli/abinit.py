@@ -228,7 +228,8 @@ def _train(args, cluster):
     torch.manual_seed(config.seed)
     dataset = ParticleDataset(table, box=config.box, invert_contrast=config.invert_contrast)
     normalization = normalization_stats(dataset, generator=torch.Generator().manual_seed(config.seed))
-    particle_origin_px = mean_particle_origin_px(dataset, generator=torch.Generator().manual_seed(config.seed))
+    particle_origin_px = mean_particle_origin_px(dataset, generator=torch.Generator().manual_seed(config.seed)) \
+        if config.search.centre_particles else (0.0, 0.0)
     checkpoint = os.path.join(args.outdir, CHECKPOINT_NAME)
     # A run that fails before its first checkpoint leaves nothing behind; later, the checkpoint is kept.
     # Under torch.distributed, rank 0 alone writes (every rank has checked the folder before).

@@ -95,6 +95,11 @@ class SearchConfig:
     max_shift_fraction: float = setting(0.15, "particles are searched up to this fraction of the box off "
                                               "centre, per axis (the encoder's shift head reaches as far)")
     shift_points: int = setting(7, "points per axis of the coarse translation grid")
+    centre_particles: bool = setting(True, "search the particles' origins about the box centre (by default every "
+                                           "image is first moved by the particles' mean origin, the point about "
+                                           "which their average image is symmetric, so that the translation grid, "
+                                           "the encoder's shift bound and the mask sit on the particles; the "
+                                           "exported origins add it back)")
     refine_steps: int = setting(3, "halvings of the local refinement (27 rotations x 9 translations around the best)")
     candidates: int = setting(16, "poses of the global grid's coarse stage per image screened on the full disk "
                                   "(each at its translation and the 8 around it) in training")
