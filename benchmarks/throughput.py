@@ -41,9 +41,9 @@ PHASES = ("bootstrap", "amortized", "refined", "predict", "predict_refine")
 CTF_ROW = [15000.0, 14500.0, 30.0, 300.0, 2.7, 0.1, 0.0, 0.0]
 
 
-def _learner(box: int, batch_size: int, device: str, amortized_poses: str) -> CryoAILearner:
-    config = build(box=box, pixel_size_angstrom=3.0, input_box=box, input_pixel_size_angstrom=3.0,
-                   epochs=1, batch_size=batch_size, device=device, amortized_poses=amortized_poses)
+def _learner(box: int, batch_size: int, device: str, amortized_poses: str, settings: dict) -> CryoAILearner:
+    config = build(**{**dict(box=box, pixel_size_angstrom=3.0, input_box=box, input_pixel_size_angstrom=3.0, epochs=1,
+                             batch_size=batch_size, device=device, amortized_poses=amortized_poses), **settings})
     return CryoAILearner(config).to(device)
 
 
@@ -59,9 +59,9 @@ def _batch(box: int, batch_size: int, device: str) -> tuple:
     return images, ctf
 
 
-def measure_training(box: int, phase: str, batch_size: int, steps: int, device: str) -> tuple:
+def measure_training(box: int, phase: str, batch_size: int, steps: int, device: str, settings: dict) -> tuple:
     """``(images per wall-clock second, images per process CPU second)`` of training steps of ``phase``."""
-    learner = _learner(box, batch_size, device, "refined" if phase == "refined" else "encoder")
+    learner = _learner(box, batch_size, device, "refined" if phase == "refined" else "encoder", settings)
     images, ctf = _batch(box, batch_size, device)
     generator = torch.Generator().manual_seed(0)
     progress = learner.config.schedule.marching_fraction
@@ -78,9 +78,10 @@ def measure_training(box: int, phase: str, batch_size: int, steps: int, device: 
 
 
 @torch.no_grad()
-def measure_prediction(box: int, refine: bool, batch_size: int, batches: int, device: str) -> tuple:
+def measure_prediction(box: int, refine: bool, batch_size: int, batches: int, device: str,
+                       settings: dict) -> tuple:
     """``(images per wall-clock second, images per process CPU second)`` of pose prediction."""
-    learner = _learner(box, batch_size, device, "refined")
+    learner = _learner(box, batch_size, device, "refined", settings)
     images, ctf = _batch(box, batch_size, device)
     generator = torch.Generator().manual_seed(0)
 
@@ -135,7 +136,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--label", default=None, help="a note stored in the JSON line (e.g. which code ran)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="training settings by their build() names, e.g. search_refine_finalists=1")
     args = parser.parse_args()
+    settings = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        settings[name] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
     retained = _retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,13 +152,15 @@ def main() -> None:
                "malloc_retains_freed_memory": retained}
     if args.label:
         figures["label"] = args.label
+    if settings:
+        figures["settings"] = settings
     for box in args.boxes:
         for phase in args.phases:
             if phase.startswith("predict"):
                 rate = measure_prediction(box, phase == "predict_refine", args.predict_batch_size,
-                                          args.predict_batches, args.device)
+                                          args.predict_batches, args.device, settings)
             else:
-                rate = measure_training(box, phase, args.batch_size, args.steps, args.device)
+                rate = measure_training(box, phase, args.batch_size, args.steps, args.device, settings)
             figures[f"images_per_s_{phase}_L{box}"] = round(rate[0], 1)
             figures[f"images_per_cpu_s_{phase}_L{box}"] = round(rate[1], 1)
     figures["load_average_1min_end"] = round(os.getloadavg()[0], 2)
