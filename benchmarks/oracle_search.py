@@ -27,7 +27,6 @@ import sys
 import time
 
 import numpy as np
-import roma
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,7 +43,7 @@ from cryoai_core.models.forward_model import HalfDisk  # noqa: E402
 from cryoai_core.pose_search import PoseSearch  # noqa: E402
 from cryoai_core.recentre import centred_on_average, mean_particle_origin_px  # noqa: E402
 from cryoai_core.reconstruct import reconstruct_halves, split_halves  # noqa: E402
-from cryoai_core.rotations import euler_to_matrix  # noqa: E402
+from cryoai_core.rotations import euler_to_matrix, geodesic_angle  # noqa: E402
 from cryoai_core.train.config import SearchConfig  # noqa: E402
 
 
@@ -108,7 +107,7 @@ def main() -> None:
         rotations = torch.cat(found).double()
         errors = pose_errors(rotations, truth, torch.cat(origins).double().numpy(), truth_origins_px.double().numpy(),
                              try_mirror=False)
-        wrong = _angles_degrees(rotations, truth) > 20.0
+        wrong = torch.rad2deg(geodesic_angle(rotations, truth)) > 20.0   # the map is in the truth's frame
         closer = torch.cat(found_distances) <= torch.cat(true_distances)
         print(json.dumps({"benchmark": "oracle_search", "case": args.tag, "box": box, "particles": len(test),
                           "reference_particles": len(dataset), "reference_half_map_px": result.resolution_pixels,
@@ -123,12 +122,6 @@ def main() -> None:
                           "mean_origin_px": [round(float(value), 2) for value in mean_origin_px],
                           "cpu_s_per_image": round((time.process_time() - cpu) / len(test), 4),
                           "threads": args.threads}), flush=True)
-
-
-def _angles_degrees(rotations: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Angle ``(B,)`` between each pair of ``(B, 3, 3)`` rotations, degrees (no global alignment: the map is
-    made from the true poses, so it is in the truth's frame)."""
-    return torch.rad2deg(roma.rotmat_geodesic_distance(rotations, truth))
 
 
 if __name__ == "__main__":

@@ -142,7 +142,10 @@ def main() -> None:
     settings = {}
     for item in args.set:
         name, _, value = item.partition("=")
-        settings[name] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+        try:
+            settings[name] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[name] = value
     retained = _retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)

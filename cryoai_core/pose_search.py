@@ -86,6 +86,14 @@ def _gather(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return values.gather(1, index)
 
 
+def _replaced(result: SearchResult, rows: torch.Tensor, part: SearchResult) -> SearchResult:
+    """``result`` with its rows ``rows`` (a boolean ``(B,)`` mask) replaced by ``part``."""
+    merged = SearchResult(result.rotations.clone(), result.origins_px.clone(), result.distances.clone())
+    merged.rotations[rows], merged.origins_px[rows], merged.distances[rows] = \
+        part.rotations, part.origins_px, part.distances
+    return merged
+
+
 def _closest(rotations: torch.Tensor, origins_px: torch.Tensor, distances: torch.Tensor) -> SearchResult:
     """The closest of ``M`` poses per image (``(B, M, 3, 3)``, ``(B, M, 2)``, ``(B, M)``)."""
     best, index = distances.min(dim=1)
@@ -203,18 +211,14 @@ class PoseSearch:
         go_on = searched | tie
         if rest > 0 and bool(go_on.any()):
             rotations, origins_px, distances = (part[go_on] for part in finalists)
-            more = _closest(*self._knockout(volume, batch.rows(go_on), rotations, origins_px, distances,
-                                            rotation_step / 2.0, shift_step / 2.0, rest, edge_px))
-            found = SearchResult(found.rotations.clone(), found.origins_px.clone(), found.distances.clone())
-            found.rotations[go_on], found.origins_px[go_on], found.distances[go_on] = \
-                more.rotations, more.origins_px, more.distances
+            found = _replaced(found, go_on, _closest(*self._knockout(
+                volume, batch.rows(go_on), rotations, origins_px, distances, rotation_step / 2.0, shift_step / 2.0,
+                rest, edge_px)))
         rows, rest = ~searched | tie, steps - local_first
         if rest > 0 and bool(rows.any()):
-            more = self._refine(volume, batch.rows(rows), local.rotations[rows], local.origins_px[rows],
-                                rotation_step_degrees / 2.0, shift_step_px / 2.0, rest, local.distances[rows], edge_px)
-            local = SearchResult(local.rotations.clone(), local.origins_px.clone(), local.distances.clone())
-            local.rotations[rows], local.origins_px[rows], local.distances[rows] = \
-                more.rotations, more.origins_px, more.distances
+            local = _replaced(local, rows, self._refine(
+                volume, batch.rows(rows), local.rotations[rows], local.origins_px[rows], rotation_step_degrees / 2.0,
+                shift_step_px / 2.0, rest, local.distances[rows], edge_px))
         # Where only the leader went on, its distance only fell: it stays ahead of the other's first round.
         better = found.distances < local.distances
         return SearchResult(torch.where(better[:, None, None], found.rotations, local.rotations),
@@ -251,17 +255,18 @@ class PoseSearch:
         ``origins_px (B, M, 2)``, their ``distances (B, M)`` or None), steps halved at each round; after each
         round only the closer half of each image's poses goes on. Returns the survivors in the same form."""
         count, alive = rotations.shape[:2]
-        rows = torch.arange(count, device=rotations.device).repeat_interleave(alive)
+
+        def each(poses: int) -> _Batch:
+            """The batch with each image repeated once per pose."""
+            rows = torch.arange(count, device=rotations.device).repeat_interleave(poses)
+            return batch if poses == 1 else batch.rows(rows)
+
         if distances is None:
-            part = batch if alive == 1 else batch.rows(rows)
-            still = torch.zeros(1, 2, device=rotations.device)
-            distances = self._distances(volume, part, rotations.reshape(-1, 1, 3, 3), origins_px.reshape(-1, 2),
-                                        still)[:, 0, 0].reshape(count, alive)
+            distances = self._refine(volume, each(alive), rotations.reshape(-1, 3, 3), origins_px.reshape(-1, 2),
+                                     0.0, 0.0, 0).distances.reshape(count, alive)
         for _ in range(rounds):
-            rows = torch.arange(count, device=rotations.device).repeat_interleave(alive)
-            refined = self._refine(volume, batch if alive == 1 else batch.rows(rows), rotations.reshape(-1, 3, 3),
-                                   origins_px.reshape(-1, 2), rotation_step_degrees, shift_step_px, 1,
-                                   distances.reshape(-1), edge_px)
+            refined = self._refine(volume, each(alive), rotations.reshape(-1, 3, 3), origins_px.reshape(-1, 2),
+                                   rotation_step_degrees, shift_step_px, 1, distances.reshape(-1), edge_px)
             rotations = refined.rotations.reshape(count, alive, 3, 3)
             origins_px = refined.origins_px.reshape(count, alive, 2)
             distances = refined.distances.reshape(count, alive)
