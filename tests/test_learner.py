@@ -52,13 +52,18 @@ class FunctionModule(torch.nn.Module):
 
 
 class ScriptedEncoder(torch.nn.Module):
-    """Returns the given poses ``(rotations, origins Å)``: first call (the images), then (their 180° rotations)."""
+    """Returns the given poses ``(rotations, origins Å)`` of the images (``direct``) and of their 180° rotations
+    (``flipped``): for a batch of both stacked (images first), or for one of them per call, in that order."""
 
     def __init__(self, direct, flipped):
         super().__init__()
         self.answers = [direct, flipped]
 
     def forward(self, images):
+        if len(self.answers) == 2 and len(images) == 2 * len(self.answers[0][0]):
+            (rotations, origins), (flipped_rotations, flipped_origins) = self.answers
+            self.answers = []
+            return torch.cat([rotations, flipped_rotations]), torch.cat([origins, flipped_origins]), None
         rotations, origins = self.answers.pop(0)
         return rotations, origins, None
 
@@ -98,6 +103,22 @@ def test_predict_poses_converts_the_winning_path_back_to_the_image(right_path):
     rotations, predicted_origins = learner.predict_poses(images, None)
     assert torch.rad2deg(geodesic_angle(rotations.double(), truth)).max() < 0.1
     torch.testing.assert_close(predicted_origins.double(), origins, atol=1e-5, rtol=0)
+
+
+def test_predict_poses_of_a_batch_are_those_of_its_images_alone():
+    """In eval mode the encoder's output for an image does not depend on the rest of its batch, so encoding the
+    images and their 180° rotations in one pass gives each image the poses it gets on its own."""
+    torch.manual_seed(3)
+    learner = CryoAILearner(config())
+    learner.train()
+    images = torch.randn(12, BOX, BOX)
+    for _ in range(2):
+        learner.encoder(images)
+    together = learner.predict_poses(images, None)
+    alone = [learner.predict_poses(images[index:index + 1], None) for index in (0, 5, 11)]
+    for index, (rotations, origins) in zip((0, 5, 11), alone):
+        torch.testing.assert_close(together[0][index:index + 1], rotations, atol=1e-5, rtol=0)
+        torch.testing.assert_close(together[1][index:index + 1], origins, atol=1e-5, rtol=0)
 
 
 @pytest.mark.filterwarnings("ignore:`parameters` is an empty generator")
