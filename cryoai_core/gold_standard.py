@@ -38,7 +38,6 @@ import math
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cryoai_core.ctf import CTFParams, compute_ctf
 from cryoai_core.evaluate.fsc import fsc_curve
@@ -49,6 +48,7 @@ from cryoai_core.reconstruct import HalfMapResult, accumulate, reconstruct_halve
 from cryoai_core.rotations import euler_to_matrix, matrix_to_euler
 from cryoai_core.slicing import VoxelFourierVolume
 from cryoai_core.train.config import HalfMapConfig, SearchConfig
+from cryoai_core.train.progress import progress_batches
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class _HalfRefiner:
         disk = HalfDisk(self.box, radius_px)
         freqs_angstrom = disk.freqs_px.double() / self.pixel
         starts = range(0, len(indices), self.batch_size)
-        for start in tqdm(starts, desc="gold-standard refinement", unit="batch", disable=not self.progress):
+        for start in progress_batches(starts, "gold-standard refinement", bar=self.progress):
             chunk = np.asarray(indices[start:start + self.batch_size])
             batch = self.dataset.__getitems__(chunk.tolist())
             targets = disk.gather(fft2_centered(batch["image"].to(torch.float32)))

@@ -35,7 +35,6 @@ import logging
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cryoai_core.ctf import CTFParams, compute_ctf
 from cryoai_core.evaluate.fsc import fsc_curve, resolution_at
@@ -43,6 +42,7 @@ from cryoai_core.fourier import fft2_centered, frequency_grid_2d, frequency_grid
 from cryoai_core.rotations import euler_to_matrix
 from cryoai_core.slicing import central_slice_coords, trilinear_apodization
 from cryoai_core.train.config import HalfMapConfig
+from cryoai_core.train.progress import progress_batches
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def accumulate(dataset, euler_angles_degrees: np.ndarray, origins_angstrom: np.n
     rotations = euler_to_matrix(np.asarray(euler_angles_degrees, dtype=np.float64))
     origins = torch.as_tensor(np.asarray(origins_angstrom, dtype=np.float64))
     starts = range(0, len(indices), batch_size)
-    for start in tqdm(starts, desc="backproject", unit="batch", disable=not progress):
+    for start in progress_batches(starts, "backproject", bar=progress):
         chunk = np.asarray(indices[start:start + batch_size])
         batch = dataset.__getitems__(chunk.tolist())
         ctf = batch["ctf"] if "ctf" in batch else None

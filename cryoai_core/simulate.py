@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from cryoai_core.io.pose_tables import DefocusTable, PoseTable, read_defocus_tab
 from cryoai_core.provenance import save_config
 from cryoai_core.rotations import matrix_to_euler, random_rotations
 from cryoai_core.slicing import VoxelFourierVolume
+from cryoai_core.train.progress import progress_batches
 
 logger = logging.getLogger(__name__)
 
@@ -228,8 +228,6 @@ def simulate(volume: np.ndarray, voxel_size_angstrom: float, config: SimulationC
     """Write ``outdir/particles.mrcs``, ``outdir/particles.star`` (RELION 3.1, true poses; with a junk
     fraction, the column :data:`JUNK_COLUMN`) and ``outdir/reference.mrc`` (the map on the particle grid);
     return the particle table. The tables of ``config`` are read before anything is written."""
-    from tqdm import tqdm
-
     from cryoai_core.io.mrc import StackWriter, write_mrc
     from cryoai_core.io.star import write_star
 
@@ -251,7 +249,7 @@ def simulate(volume: np.ndarray, voxel_size_angstrom: float, config: SimulationC
                 simulator.box, simulator.pixel_size_angstrom, sigma)
     with StackWriter(stack_path, config.num_particles, simulator.box, simulator.pixel_size_angstrom) as writer:
         starts = range(0, config.num_particles, chunk_size)
-        for start in tqdm(starts, desc="simulate", unit="chunk", disable=not progress or not sys.stderr.isatty()):
+        for start in progress_batches(starts, "simulate", bar=progress):
             stop = min(start + chunk_size, config.num_particles)
             images = simulator.images(params.rotations[start:stop], params.origins_angstrom[start:stop],
                                       params.ctf[start:stop])

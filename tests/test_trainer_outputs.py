@@ -1,4 +1,5 @@
-"""Trainer outputs for users and queues: an early first checkpoint, a final metrics row, plain progress lines."""
+"""Trainer outputs for users and queues: an early first checkpoint, a final metrics row, plain progress lines
+(training, and the long passes over the particles after it)."""
 import csv
 import os
 
@@ -10,7 +11,9 @@ from cryoai_core.io.mrc import read_mrc
 from cryoai_core.simulate import SimulationConfig, simulate
 from cryoai_core.train.config import build
 from cryoai_core.train.learner import CryoAILearner
-from cryoai_core.train.progress import ProgressLines
+from cryoai_core.train import progress
+from cryoai_core.train.export import predict_and_score
+from cryoai_core.train.progress import BatchLines, ProgressLines
 from cryoai_core.train.trainer import Trainer
 
 BUILTIN = os.path.join(os.path.dirname(__file__), "..", "cryoai_core", "data", "4ake_L64_px1.5.mrc")
@@ -77,3 +80,51 @@ def test_progress_lines_come_every_30_seconds_and_at_phase_changes():
     now[0] = 60.0
     line = lines.update(5, 1, 0.5, "amortized", 5.0, 0.5, 60.0)
     assert line == "progress: epoch 2/4 step 5 loss 0.5 phase amortized radius 5.0 px | 50% elapsed 1.0 min ETA 1.0 min"
+
+
+class _Sink:
+    def __init__(self):
+        self.printed = []
+
+    def write(self, text):
+        self.printed.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_a_pass_over_the_particles_is_quiet_when_short_and_reports_rate_and_eta_when_long():
+    now = [0.0]
+    sink = _Sink()
+    quick = BatchLines("predict poses", 1000, stream=sink, clock=lambda: now[0])
+    now[0] = 12.0
+    assert quick.update(500) is None
+    now[0] = 25.0
+    assert quick.update(1000) is None
+    assert sink.printed == []
+
+    now[0] = 100.0
+    slow = BatchLines("predict poses", 30000, stream=sink, clock=lambda: now[0])
+    now[0] = 110.0
+    assert slow.update(256) is None
+    now[0] = 160.0
+    assert slow.update(1200) == "progress: predict poses 1200/30000 (4%) | 20.0 per s elapsed 1.0 min ETA 24.0 min"
+    now[0] = 170.0
+    assert slow.update(1400) is None
+    now[0] = 185.0
+    assert slow.update(2000) is None
+    now[0] = 200.0
+    assert slow.update(30000) == "progress: predict poses 30000/30000 (100%) | 300.0 per s done in 1.7 min"
+    assert len(sink.printed) == 4  # two lines, each followed by its newline
+
+
+def test_pose_export_prints_progress_lines_on_stdout(dataset, monkeypatch, capsys):
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
+    learner = CryoAILearner(build(box=16, pixel_size_angstrom=6.0, input_box=16, input_pixel_size_angstrom=6.0,
+                                  fouriernet_width=16, encoder_base_channels=4))
+    with predict_and_score(learner, dataset, 1.0, batch_size=16, progress_bar=False, refine=False):
+        pass
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("progress: ")]
+    assert [line.split(" | ")[0] for line in lines] == [
+        f"progress: predict poses {done}/64 ({100 * done // 64}%)" for done in (16, 32, 48, 64)]
+    assert "done in" in lines[-1] and "ETA" in lines[0]

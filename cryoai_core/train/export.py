@@ -6,7 +6,6 @@ import tempfile
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cryoai_core import faults
 from cryoai_core.fourier import resample_volume
@@ -18,6 +17,7 @@ from cryoai_core.reconstruct import with_halves
 from cryoai_core.recentre import centred_on_average, density_centre_px, recentred_map, recentred_origins
 from cryoai_core.rotations import geodesic_angle, matrix_to_euler
 from cryoai_core.train.distributed import Cluster
+from cryoai_core.train.progress import progress_batches
 from cryoai_core.train.score import SCORE_COLUMN, log_likelihood_ratios
 
 logger = logging.getLogger(__name__)
@@ -90,8 +90,8 @@ def iter_poses(learner, dataset: ParticleDataset, normalization_std: float, batc
     learner.forget_cached_map()
     count, ranks = len(dataset), cluster.world_size
     chunk = batch_size * ranks
-    show = progress_bar and sys.stderr.isatty() and cluster.is_writer
-    for start in tqdm(range(0, count, chunk), desc="predict poses", unit="chunk", disable=not show):
+    for start in progress_batches(range(0, count, chunk), "predict poses", bar=progress_bar and cluster.is_writer,
+                                  lines=cluster.is_writer):
         stop = min(start + chunk, count)
         share = -(-(stop - start) // ranks)
         first = min(start + cluster.rank * share, stop)
@@ -212,8 +212,8 @@ def predict_and_score(learner, dataset: ParticleDataset, normalization_std: floa
     learner.forget_cached_map()
     starts = range(0, count, batch_size)
     try:
-        for start in tqdm(starts, desc="predict poses", unit="batch",
-                          disable=not progress_bar or not sys.stderr.isatty()):
+        for start in progress_batches(starts, "predict poses" + (" and refine them" if refine else ""),
+                                      bar=progress_bar):
             indices = list(range(start, min(start + batch_size, count)))
             batch = dataset.__getitems__(indices)
             images = centred_on_average(batch["image"].to(device) / normalization_std, particle_origin_px)
