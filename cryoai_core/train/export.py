@@ -1,7 +1,6 @@
 """What an ab initio run leaves behind: the map, the per-particle poses (star) and pictures."""
 import logging
 import os
-import sys
 import tempfile
 
 import numpy as np
@@ -247,7 +246,6 @@ def write_outputs(learner, dataset: ParticleDataset, table: ParticleTable, outdi
     from cryoai_core.train.metrics import METRICS_NAME
 
     cluster = cluster or Cluster()
-    progress_bar = progress_bar and sys.stderr.isatty() and cluster.is_writer
     table = with_halves(table, learner.config.seed)
     faults.hit("export-start")
     learner.to(device)
