@@ -110,6 +110,15 @@ def _retain_freed_memory() -> bool:
     return retain_freed_memory()
 
 
+def _encoder_inference_dtype(device: str) -> str:
+    """The encoder's type in prediction (``cryoai_core/cuda.py``), where the code has the CPU bf16 rule."""
+    try:
+        from cryoai_core.cuda import cpu_has_native_bf16
+    except ImportError:
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return "bfloat16" if device.startswith("cuda") or cpu_has_native_bf16() else "float32"
+
+
 def code_version() -> str:
     """The commit of the imported ``cryoai_core`` (``+dirty`` with local changes), or ``unknown``."""
     import cryoai_core
@@ -152,7 +161,8 @@ def main() -> None:
     figures = {"benchmark": "throughput", "code": code_version(), "device": args.device,
                "batch_size": args.batch_size, "predict_batch_size": args.predict_batch_size, "steps": args.steps,
                "threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 2),
-               "malloc_retains_freed_memory": retained}
+               "malloc_retains_freed_memory": retained,
+               "encoder_inference_dtype": _encoder_inference_dtype(args.device)}
     if args.label:
         figures["label"] = args.label
     if settings:

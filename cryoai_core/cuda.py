@@ -1,25 +1,42 @@
-"""What changes on a CUDA device, in one place: reduced precision where it is safe, and host-to-device copies.
+"""Reduced precision where it is safe, and host-to-device copies, in one place.
 
-* The pose encoder (convolutions, batch norm, fully connected heads) runs under bf16 autocast; its
-  Fourier filter bank and per-image normalisation before it, and the Gram-Schmidt of its 6D output
-  after it, stay in fp32 (see ``models/encoder.py``).
+* The pose encoder (convolutions, batch norm, fully connected heads) runs under bf16 autocast on CUDA
+  (training and inference), and on a CPU that multiplies bf16 natively (AVX512-BF16 or AMX-BF16) for
+  inference only (the encoder in eval mode: ``predict-poses`` and the export's pose predictions). Its
+  Fourier filter bank and per-image normalisation before it, and the Gram-Schmidt of its 6D output after
+  it, stay in fp32 (see ``models/encoder.py``). CPU training stays fp32 throughout: the realistic suite's
+  figures were measured that way.
 * TF32 is allowed for cuDNN convolutions (the encoder) during training only, and matrix products keep
   full fp32: FourierNet's first sine layers multiply by ω₀ = 30-40, and the pose search's scores are
   differences of large sums, both of which a 10-bit mantissa would visibly perturb.
 * Batches are copied from pinned host memory without blocking the host.
-Nothing here has an effect on the CPU.
 """
 import contextlib
 
 import torch
 
 ENCODER_AUTOCAST_DTYPE = torch.bfloat16
-"""Autocast type of the encoder on CUDA."""
+"""Autocast type of the encoder (see the module's docstring for where it applies)."""
 
 
-def encoder_autocast(device: torch.device):
-    """Context that runs the encoder in :data:`ENCODER_AUTOCAST_DTYPE` on CUDA (a no-op elsewhere)."""
-    return torch.autocast("cuda", dtype=ENCODER_AUTOCAST_DTYPE, enabled=device.type == "cuda")
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16). Without them oneDNN
+    emulates bf16 convolutions, which is slower than fp32, so the encoder keeps fp32 there."""
+    query = getattr(torch.cpu, "get_capabilities", None)
+    if query is None:  # torch releases before the query existed: keep fp32
+        return False
+    capabilities = query()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def encoder_autocast(device: torch.device, inference: bool = False):
+    """Context that runs the encoder in :data:`ENCODER_AUTOCAST_DTYPE` on CUDA, and on a CPU with native bf16
+    when ``inference`` (the encoder in eval mode); a no-op otherwise."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=ENCODER_AUTOCAST_DTYPE)
+    if device.type == "cpu" and inference and cpu_has_native_bf16():
+        return torch.autocast("cpu", dtype=ENCODER_AUTOCAST_DTYPE)
+    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

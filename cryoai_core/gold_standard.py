@@ -52,6 +52,9 @@ from cryoai_core.train.progress import progress_batches
 
 logger = logging.getLogger(__name__)
 
+CONVERT_ROWS = 65_536
+"""Poses converted between angles and matrices at a time (memory flat in the number of particles)."""
+
 
 def reference_grid(volume: np.ndarray, pixel_size_angstrom: float):
     """A map ``(L, L, L)`` (units of :func:`reconstruct.FourierAccumulator.volume`) as a Fourier grid in
@@ -111,6 +114,26 @@ class _HalfRefiner:
             origins_px[chunk] = found.origins_px.to(origins_px.dtype)
 
 
+def _rotations(euler_angles_degrees: np.ndarray) -> torch.Tensor:
+    """``(N, 3, 3)`` float32 rotations of ``(N, 3)`` RELION angles, converted :data:`CONVERT_ROWS` at a time
+    (the float64 matrices of the conversion never exist for every particle at once)."""
+    angles = np.asarray(euler_angles_degrees)
+    rotations = torch.empty(len(angles), 3, 3)
+    for start in range(0, len(angles), CONVERT_ROWS):
+        part = np.asarray(angles[start:start + CONVERT_ROWS], dtype=np.float64)
+        rotations[start:start + len(part)] = torch.as_tensor(euler_to_matrix(part)).float()
+    return rotations
+
+
+def _euler_angles(rotations: torch.Tensor) -> np.ndarray:
+    """``(N, 3)`` float64 RELION angles of ``(N, 3, 3)`` rotations, :data:`CONVERT_ROWS` at a time."""
+    angles = np.empty((len(rotations), 3))
+    for start in range(0, len(rotations), CONVERT_ROWS):
+        part = rotations[start:start + CONVERT_ROWS].double()
+        angles[start:start + len(part)] = np.asarray(matrix_to_euler(part))
+    return angles
+
+
 def gold_standard_half_maps(dataset, euler_angles_degrees: np.ndarray, origins_angstrom: np.ndarray,
                             seed: int = 0, config: HalfMapConfig | None = None,
                             search_config: SearchConfig | None = None, halves: np.ndarray | None = None,
@@ -139,7 +162,7 @@ def gold_standard_half_maps(dataset, euler_angles_degrees: np.ndarray, origins_a
                                   progress)
     members = [np.flatnonzero(halves == 1), np.flatnonzero(halves == 2)]
     pixel = dataset.pixel_size_angstrom
-    rotations = euler_to_matrix(np.asarray(euler_angles_degrees, dtype=np.float64)).float()
+    rotations = _rotations(euler_angles_degrees)
     origins_px = torch.as_tensor(np.asarray(origins_angstrom, dtype=np.float64) / pixel).float()
     result = reconstruct_halves(dataset, euler_angles_degrees, origins_angstrom, halves, config, batch_size,
                                 progress)
@@ -150,7 +173,7 @@ def gold_standard_half_maps(dataset, euler_angles_degrees: np.ndarray, origins_a
                     round_index + 1, config.rounds, radius)
         for volume, indices in zip((result.half1, result.half2), members):
             refiner.run(volume, indices, rotations, origins_px, radius)
-        euler = matrix_to_euler(rotations.double()).numpy()
+        euler = _euler_angles(rotations)
         origins = origins_px.double().numpy() * pixel
         result = reconstruct_halves(dataset, euler, origins, halves, config, batch_size, progress)
         radius = min(radius_below(result.fsc, config.fsc_threshold), dataset.box // 2 - 1)

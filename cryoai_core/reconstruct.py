@@ -245,14 +245,19 @@ refinement started from ``particles.star`` keeps the split of the half maps."""
 def halves_of(table, seed: int) -> np.ndarray:
     """``(N,)`` int8: the halves of ``table``'s :data:`SUBSET_COLUMN` when it holds a valid split (every
     particle in 1 or 2, both halves used), else a random 50/50 split (:func:`split_halves`)."""
-    values = table.extra_columns.get(SUBSET_COLUMN)
+    return halves_from(table.extra_columns.get(SUBSET_COLUMN), len(table), seed)
+
+
+def halves_from(values, count: int, seed: int) -> np.ndarray:
+    """``(count,)`` int8: ``values`` (a :data:`SUBSET_COLUMN`, or ``None``) when they split ``count`` particles
+    into halves 1 and 2 (both used), else a random 50/50 split (:func:`split_halves`)."""
     if values is not None:
         halves = np.asarray(values)
-        if halves.shape == (len(table),) and np.isin(halves, (1, 2)).all() and len(np.unique(halves)) == 2:
+        if halves.shape == (count,) and np.isin(halves, (1, 2)).all() and len(np.unique(halves)) == 2:
             return halves.astype(np.int8)
         logger.warning("%s does not split the particles into halves 1 and 2: a new random split is made",
                        SUBSET_COLUMN)
-    return split_halves(len(table), seed)
+    return split_halves(count, seed)
 
 
 def with_halves(table, seed: int):

@@ -9,7 +9,8 @@ import torch
 
 from cryoai_core.io.particles import ParticleTable
 from cryoai_core.io.readers import read_particles
-from cryoai_core.io.star import read_star, require_ctf, write_star
+from cryoai_core.io import star as star_module
+from cryoai_core.io.star import read_star, read_star_poses, require_ctf, write_star
 from cryoai_core.rotations import euler_to_matrix
 
 ANGLES = np.array([[10.0, 20.0, 30.0], [-120.5, 95.25, 170.0], [0.0, 0.0, 45.0]])
@@ -287,3 +288,48 @@ def test_simulated_star_carries_the_true_poses(tmp_path):
     np.testing.assert_allclose(table.ctf, truth.ctf, atol=1e-5)
     with mrcfile.open(table.stack_files[0]) as mrc:
         assert mrc.data.shape == (12, 16, 16)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 10_000])
+def test_optics_groups_are_the_same_whatever_the_chunk_of_rows(stacks, monkeypatch, chunk_rows):
+    """The distinct CTF constants are gathered chunk by chunk; each particle's group holds its own constants."""
+    monkeypatch.setattr(star_module, "STAR_CHUNK_ROWS", chunk_rows)
+    ctf = np.zeros((3, 8))
+    ctf[:, :3] = DEFOCUS
+    ctf[:, 3:6] = [[300.0, 2.7, 0.07], [200.0, 2.7, 0.1], [300.0, 2.7, 0.07]]
+    table = ParticleTable(
+        stack_files=(str(stacks / "stacks" / "a.mrcs"), str(stacks / "stacks" / "b.mrcs")),
+        stack_ids=np.array([1, 0, 1], dtype=np.int32), image_indices=np.array([2, 1, 0]),
+        pixel_size_angstrom=2.0, box=16, ctf=ctf)
+    path = str(stacks / "groups_out.star")
+    write_star(path, table)
+    blocks = starfile.read(path, always_dict=True)
+    optics = blocks["optics"].set_index("rlnOpticsGroup")
+    assert optics["rlnVoltage"].tolist() == [200.0, 300.0]  # sorted constants, as before chunking
+    voltages = optics.loc[blocks["particles"]["rlnOpticsGroup"], "rlnVoltage"].to_numpy()
+    np.testing.assert_array_equal(voltages, ctf[:, 3])
+    np.testing.assert_allclose(read_star(path).ctf, ctf, atol=1e-6)
+
+
+@pytest.mark.parametrize("version", ["30", "31"])
+def test_read_star_poses_reads_the_poses_of_read_star(stacks, version):
+    text = relion30(NAMES) if version == "30" else relion31(NAMES)
+    path = write_text(stacks / f"poses{version}.star", text)
+    table = read_star(path)
+    angles, origins, extra = read_star_poses(path, table.pixel_size_angstrom, ("rlnClassNumber", "rlnAbsent"))
+    np.testing.assert_array_equal(angles, table.euler_angles_degrees)
+    np.testing.assert_allclose(origins, table.origins_angstrom)
+    np.testing.assert_allclose(origins, ORIGINS_ANGSTROM)
+    if "rlnClassNumber" in table.extra_columns:
+        np.testing.assert_array_equal(extra["rlnClassNumber"], table.extra_columns["rlnClassNumber"])
+    assert "rlnAbsent" not in extra
+
+
+def test_read_star_poses_needs_poses(stacks, tmp_path):
+    table = read_star(write_text(stacks / "new.star", relion31(NAMES)))
+    path = str(tmp_path / "noposes.star")
+    write_star(path, table.without_poses())
+    with pytest.raises(ValueError, match="has no poses"):
+        read_star_poses(path, 2.0)
+    with pytest.raises(FileNotFoundError):
+        read_star_poses(str(tmp_path / "missing.star"), 2.0)

@@ -108,3 +108,15 @@ def test_text_columns_stay_compact_and_are_written_back(tmp_path, monkeypatch):
     assert back["rlnMicrographName"].tolist() == ["mics/m 1.mrc", "mics/m 1.mrc"]
     assert back["rlnClassNumber"].tolist() == [3, 1]
     assert os.path.basename(read_star(str(tmp_path / "out.star")).stack_files[0]) == "b.mrcs"
+
+
+def test_a_column_filter_keeps_the_asked_loop_columns_only(tmp_path, monkeypatch):
+    path = tmp_path / "p.star"
+    path.write_text(TEXT)
+    monkeypatch.setattr(star_parser, "PARSE_CHUNK_ROWS", 2)
+    whole = read_blocks(str(path))
+    kept = read_blocks(str(path), columns={"rlnDefocusU", "rlnMicrographName", "rlnNotThere"})
+    assert list(kept["particles"]) == ["rlnMicrographName", "rlnDefocusU"]  # file order
+    for column in kept["particles"]:
+        np.testing.assert_array_equal(np.asarray(kept["particles"][column]), np.asarray(whole["particles"][column]))
+    assert list(kept["general"]) == list(whole["general"])  # a block of pairs is kept whole

@@ -160,16 +160,22 @@ def half_maps(dataset, particles_star: str, config, outdir: str, progress: bool 
     """Gold-standard half maps of the training particles (``dataset``, no poses of its own) on the split of
     ``particles_star`` (``rlnRandomSubset``), their poses, read from it, refined apart
     (:mod:`cryoai_core.gold_standard`) at the training box; write them at the input box
-    (:func:`cryoai_core.reconstruct.write_half_maps`); return the :class:`~cryoai_core.reconstruct.HalfMapResult`."""
-    from cryoai_core.gold_standard import gold_standard_half_maps
-    from cryoai_core.io.star import read_star
-    from cryoai_core.reconstruct import halves_of, write_half_maps
+    (:func:`cryoai_core.reconstruct.write_half_maps`); return the :class:`~cryoai_core.reconstruct.HalfMapResult`.
 
-    predicted = read_star(particles_star)
-    result = gold_standard_half_maps(dataset, predicted.euler_angles_degrees, predicted.origins_angstrom,
-                                     seed=config.seed, config=config.half_maps, search_config=config.search,
-                                     halves=halves_of(predicted, config.seed), progress=progress)
-    write_half_maps(result, outdir, predicted.box, predicted.pixel_size_angstrom, config.seed)
+    Only the pose and split columns of the star are read (:func:`~cryoai_core.io.star.read_star_poses`): the
+    training table is in memory already."""
+    from cryoai_core.gold_standard import gold_standard_half_maps
+    from cryoai_core.io.star import read_star_poses
+    from cryoai_core.reconstruct import SUBSET_COLUMN, halves_from, write_half_maps
+
+    table = dataset.table
+    angles, origins, extra = read_star_poses(particles_star, table.pixel_size_angstrom, (SUBSET_COLUMN,))
+    if len(angles) != len(table):
+        raise ValueError(f"{particles_star} lists {len(angles)} particles, the run trained on {len(table)}")
+    halves = halves_from(extra.get(SUBSET_COLUMN), len(angles), config.seed)
+    result = gold_standard_half_maps(dataset, angles, origins, seed=config.seed, config=config.half_maps,
+                                     search_config=config.search, halves=halves, progress=progress)
+    write_half_maps(result, outdir, table.box, table.pixel_size_angstrom, config.seed)
     return result
 
 

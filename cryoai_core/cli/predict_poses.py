@@ -91,6 +91,7 @@ def main(args):
     from cryoai_core.train.learner import CryoAILearner
 
     state, config, table, box, device = validate_predict_poses(args)
+    table = table.without_poses()  # the written poses replace the input's, which need not stay in memory
     dataset = ParticleDataset(table, box=box, invert_contrast=config.invert_contrast)
     learner = CryoAILearner(config)
     restore_learner(learner, state, with_optimizers=False)

@@ -127,7 +127,7 @@ def write_star(path: str, table: ParticleTable, relative_to: str | None = None, 
     written.
     """
     folder = os.path.abspath(relative_to) if relative_to else os.path.dirname(os.path.abspath(path))
-    optics, groups = _optics_table(table)
+    optics, constants = _optics_table(table)
     if poses is None:
         chunks = ((start, min(STAR_CHUNK_ROWS, len(table) - start), None, None, {})
                   for start in range(0, len(table), STAR_CHUNK_ROWS))
@@ -144,7 +144,7 @@ def write_star(path: str, table: ParticleTable, relative_to: str | None = None, 
         for start, count, angles, origins, columns in chunks:
             if start != written:
                 raise ValueError(f"{path}: pose chunks must follow each other (got particle {start} after {written})")
-            frame = _particle_frame(table, folder, groups, start, start + count, angles, origins, columns)
+            frame = _particle_frame(table, folder, constants, start, start + count, angles, origins, columns)
             if written == 0:
                 _write_loop_header(handle, frame)
             _write_rows(handle, frame)
@@ -152,21 +152,21 @@ def write_star(path: str, table: ParticleTable, relative_to: str | None = None, 
         if written != len(table):
             raise ValueError(f"{path}: poses were given for {written} of {len(table)} particles")
         if written == 0:
-            _write_loop_header(handle, _particle_frame(table, folder, groups, 0, 0, None, None, {}))
+            _write_loop_header(handle, _particle_frame(table, folder, constants, 0, 0, None, None, {}))
         handle.write("\n")
 
 
-def _particle_frame(table: ParticleTable, folder: str, groups: np.ndarray, start: int, stop: int, angles,
+def _particle_frame(table: ParticleTable, folder: str, constants, start: int, stop: int, angles,
                     origins, added: dict) -> pd.DataFrame:
     """The ``data_particles`` rows of particles ``start .. stop`` (with ``angles``/``origins`` and the
-    ``added`` columns if given)."""
+    ``added`` columns if given); ``constants``: the optics groups' CTF constants (:func:`_optics_table`)."""
     part = table.subset(np.arange(start, stop))
     if angles is not None:
         part = part.with_poses(angles, origins)
     if added:
         part = dataclasses.replace(part, extra_columns={**part.extra_columns, **added})
     count = len(part)
-    columns = {"rlnImageName": _image_names(part, folder), "rlnOpticsGroup": groups[start:stop]}
+    columns = {"rlnImageName": _image_names(part, folder), "rlnOpticsGroup": _optics_groups(part, constants)}
     if part.ctf is not None:
         for index in (0, 1, 2, 6, 7):
             columns[CTF_COLUMNS[index]] = np.asarray(part.ctf[:, index], dtype=np.float64)
@@ -211,6 +211,29 @@ def read_star_columns(path: str) -> pd.DataFrame:
     particles, optics = _particle_tables(read_blocks(path), path)
     merged = MergedColumns(particles, optics, path)
     return pd.DataFrame({name: merged[name] for name in merged})
+
+
+def read_star_poses(path: str, pixel_size_angstrom: float, extra: tuple = ()) -> tuple:
+    """The poses of a particle star file, reading only the pose columns (and ``extra``), so that memory holds
+    a few numbers per particle rather than a whole :class:`ParticleTable` (the gold-standard stage reads the
+    poses it has just written this way).
+
+    Returns ``(euler_angles_degrees (N, 3), origins_angstrom (N, 2), {name: (N,)})`` with the ``extra``
+    columns that the file has. Origins in pixels (``rlnOriginX/Y``) are converted with
+    ``pixel_size_angstrom``.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: no particles, or no poses.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"star file not found: {path}")
+    wanted = {"rlnImageName", "rlnOpticsGroup", *ANGLE_COLUMNS, *ORIGIN_ANGSTROM_COLUMNS, *ORIGIN_PIXEL_COLUMNS,
+              *extra}
+    particles, optics = _particle_tables(read_blocks(path, split_image_names=True, columns=wanted), path)
+    angles, origins = poses_from_columns(MergedColumns(particles, optics, path), pixel_size_angstrom, path)
+    if angles is None:
+        raise ValueError(f"{path} has no poses (rlnAngleRot, rlnAngleTilt, rlnAnglePsi)")
+    return angles, origins, {name: np.asarray(particles[name]) for name in extra if name in particles}
 
 
 def _particle_tables(blocks: dict, path: str) -> tuple[dict, pd.DataFrame | None]:
@@ -379,18 +402,20 @@ def _shared_optics(optics: pd.DataFrame | None) -> dict:
     return shared
 
 
-def _optics_table(table: ParticleTable) -> tuple[pd.DataFrame, np.ndarray]:
-    """The ``data_optics`` table and the ``(N,)`` 1-based optics group of each particle."""
+def _optics_table(table: ParticleTable) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The ``data_optics`` table and its groups' CTF constants ``(G, 3)`` (voltage, Cs, amplitude contrast,
+    sorted; ``None`` without CTF). The distinct constants are gathered :data:`STAR_CHUNK_ROWS` rows at a
+    time, so that nothing of the size of the table is made."""
     if table.ctf is not None:
-        constants, inverse = np.unique(np.asarray(table.ctf[:, 3:6], dtype=np.float64), axis=0,
-                                       return_inverse=True)
-        groups = inverse.reshape(-1).astype(np.int64) + 1
+        seen = [np.unique(np.asarray(table.ctf[start:start + STAR_CHUNK_ROWS, 3:6], dtype=np.float64), axis=0)
+                for start in range(0, len(table), STAR_CHUNK_ROWS)]
+        constants = np.unique(np.concatenate(seen), axis=0) if seen else np.zeros((0, 3))
         ctf_values = dict(zip(OPTICS_CTF_COLUMNS, constants.T))
+        count = len(constants)
     else:
-        constants = np.zeros((1, 0))
-        groups = np.ones(len(table), dtype=np.int64)
+        constants = None
         ctf_values = {name: [table.optics[name]] for name in OPTICS_CTF_COLUMNS if name in table.optics}
-    count = len(constants)
+        count = 1
     name = table.optics.get("rlnOpticsGroupName")
     names = [name] if count == 1 and name else [f"opticsGroup{number}" for number in range(1, count + 1)]
     optics = {"rlnOpticsGroup": np.arange(1, count + 1), "rlnOpticsGroupName": names,
@@ -400,7 +425,18 @@ def _optics_table(table: ParticleTable) -> tuple[pd.DataFrame, np.ndarray]:
     for key, value in table.optics.items():
         if key not in optics and key not in _GEOMETRY_COLUMNS and np.isscalar(value):
             optics[key] = [value] * count
-    return pd.DataFrame(optics), groups
+    return pd.DataFrame(optics), constants
+
+
+def _optics_groups(part: ParticleTable, constants) -> np.ndarray:
+    """``(b,)`` 1-based optics group of each particle of ``part``: the row of ``constants`` that its CTF
+    constants equal (all 1 without CTF)."""
+    groups = np.ones(len(part), dtype=np.int64)
+    if constants is not None and len(part):
+        values = np.asarray(part.ctf[:, 3:6], dtype=np.float64)
+        for number, row in enumerate(constants, 1):
+            groups[(values == row).all(axis=1)] = number
+    return groups
 
 
 def _image_names(table: ParticleTable, folder: str) -> np.ndarray:

@@ -119,23 +119,25 @@ def block_rows(block: dict) -> int:
     return len(next(iter(block.values()))) if block else 0
 
 
-def read_blocks(path: str, split_image_names: bool = False) -> dict:
+def read_blocks(path: str, split_image_names: bool = False, columns=None) -> dict:
     """Every data block of a STAR file: ``{block name: {column name: column}}`` (see the module text).
 
     ``split_image_names`` stores ``rlnImageName`` columns as :class:`ImageNames` (otherwise as text).
-    A block of ``_label value`` pairs becomes one row.
+    ``columns`` (a set of names): loop tables keep only these columns; the others are parsed a chunk at a
+    time and dropped, so memory holds the kept columns only. A block of ``_label value`` pairs becomes one
+    row (and is kept whole).
 
     Raises:
         ValueError: text that is not a STAR file (the message names ``path``).
     """
     try:
         with open(path, encoding="utf-8") as handle:
-            return _read(iter(handle), split_image_names)
+            return _read(iter(handle), split_image_names, None if columns is None else frozenset(columns))
     except Exception as error:  # pandas, shlex and the decoder raise assorted errors for malformed text
         raise ValueError(f"{path} cannot be parsed as a STAR file: {error}") from None
 
 
-def _read(lines, split_image_names: bool) -> dict:
+def _read(lines, split_image_names: bool, keep) -> dict:
     blocks = {}
     line = next(lines, "")
     while line:
@@ -148,7 +150,7 @@ def _read(lines, split_image_names: bool) -> dict:
         while line and not line.strip().startswith(("loop_", "_", "data_")):
             line = next(lines, "")
         if line.strip().startswith("loop_"):
-            blocks[name], line = _read_loop(lines, split_image_names)
+            blocks[name], line = _read_loop(lines, split_image_names, keep)
         elif line.strip().startswith("_"):
             blocks[name], line = _read_pairs(line, lines)
         else:
@@ -175,14 +177,14 @@ def _number(text: str):
     return text
 
 
-def _read_loop(lines, split_image_names: bool) -> tuple[dict, str]:
+def _read_loop(lines, split_image_names: bool, keep) -> tuple[dict, str]:
     labels = []
     line = next(lines, "")
     while line.strip().startswith("_"):
         labels.append(line.split()[0][1:])
         line = next(lines, "")
     columns = {label: _ImageNameColumn() if split_image_names and label == IMAGE_NAME_COLUMN else _Column()
-               for label in labels}
+               for label in labels if keep is None or label in keep}
     rows = []
     while line and not line.strip().startswith("data_"):
         rows.append(line)
@@ -207,4 +209,5 @@ def _add_rows(rows: list, labels: list, columns: dict) -> None:
     if frame.shape[1] != len(labels):
         raise ValueError(f"the rows have {frame.shape[1]} fields but the table names {len(labels)} columns")
     for number, label in enumerate(labels):
-        columns[label].add(frame[number])
+        if label in columns:
+            columns[label].add(frame[number])

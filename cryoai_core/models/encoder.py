@@ -89,10 +89,10 @@ class PoseEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple:
         """Returns ``(rotations (B, 3, 3), origins_angstrom (B, 2), sixd (B, 6))``, fp32.
 
-        On CUDA the network runs in bf16 autocast (``cryoai_core/cuda.py``); the filter bank before it and
-        the Gram-Schmidt after it stay in fp32."""
+        On CUDA, and in eval mode on a CPU with native bf16, the network runs in bf16 autocast
+        (``cryoai_core/cuda.py``); the filter bank before it and the Gram-Schmidt after it stay in fp32."""
         normalized = self.normalize(images)
-        with encoder_autocast(images.device):
+        with encoder_autocast(images.device, inference=not self.training):
             latent = self.trunk(self.features(normalized.contiguous(memory_format=torch.channels_last)))
             sixd = self.rotation_head(latent)
             origins = self.shift_head(latent)
