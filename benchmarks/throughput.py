@@ -111,12 +111,13 @@ def _retain_freed_memory() -> bool:
 
 
 def _encoder_inference_dtype(device: str) -> str:
-    """The encoder's type in prediction (``cryoai_core/cuda.py``), where the code has the CPU bf16 rule."""
+    """The encoder's type in prediction (``cryoai_core.cuda.encoder_dtype``; code from before that rule: bf16 on
+    CUDA only)."""
     try:
-        from cryoai_core.cuda import cpu_has_native_bf16
+        from cryoai_core.cuda import encoder_dtype
     except ImportError:
         return "bfloat16" if device.startswith("cuda") else "float32"
-    return "bfloat16" if device.startswith("cuda") or cpu_has_native_bf16() else "float32"
+    return str(encoder_dtype(torch.device(device), inference=True)).removeprefix("torch.")
 
 
 def code_version() -> str:

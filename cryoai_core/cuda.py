@@ -29,14 +29,20 @@ def cpu_has_native_bf16() -> bool:
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
+def encoder_dtype(device: torch.device, inference: bool = False) -> torch.dtype:
+    """The type the encoder computes in: :data:`ENCODER_AUTOCAST_DTYPE` on CUDA, and on a CPU with native bf16
+    when ``inference`` (the encoder in eval mode); float32 otherwise."""
+    if device.type == "cuda" or (device.type == "cpu" and inference and cpu_has_native_bf16()):
+        return ENCODER_AUTOCAST_DTYPE
+    return torch.float32
+
+
 def encoder_autocast(device: torch.device, inference: bool = False):
-    """Context that runs the encoder in :data:`ENCODER_AUTOCAST_DTYPE` on CUDA, and on a CPU with native bf16
-    when ``inference`` (the encoder in eval mode); a no-op otherwise."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=ENCODER_AUTOCAST_DTYPE)
-    if device.type == "cpu" and inference and cpu_has_native_bf16():
-        return torch.autocast("cpu", dtype=ENCODER_AUTOCAST_DTYPE)
-    return contextlib.nullcontext()
+    """Context that runs the encoder in :func:`encoder_dtype` (a no-op where that is float32)."""
+    dtype = encoder_dtype(device, inference)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @contextlib.contextmanager

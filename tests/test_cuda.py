@@ -10,8 +10,7 @@ from cryoai_core import cuda as precision
 from cryoai_core.cuda import cpu_has_native_bf16, encoder_autocast, tf32_convolutions, to_device
 from cryoai_core.models.encoder import PoseEncoder
 from cryoai_core.rotations import geodesic_angle
-from cryoai_core.train.config import EncoderConfig
-from cryoai_core.train.config import build
+from cryoai_core.train.config import EncoderConfig, build
 from cryoai_core.train.learner import CryoAILearner
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
