@@ -52,9 +52,6 @@ from cryoai_core.train.progress import progress_batches
 
 logger = logging.getLogger(__name__)
 
-CONVERT_ROWS = 65_536
-"""Poses converted between angles and matrices at a time (memory flat in the number of particles)."""
-
 
 def reference_grid(volume: np.ndarray, pixel_size_angstrom: float):
     """A map ``(L, L, L)`` (units of :func:`reconstruct.FourierAccumulator.volume`) as a Fourier grid in
@@ -93,10 +90,11 @@ class _HalfRefiner:
         self.search = PoseSearch(num_rotations=1, max_shift_px=0.0, shift_points=1, coarse_radius_px=0.0,
                                  refine_steps=search_config.refine_steps)
 
-    def run(self, volume: np.ndarray, indices: np.ndarray, rotations: torch.Tensor, origins_px: torch.Tensor,
-            radius_px: int) -> None:
-        """Update ``rotations`` ``(N, 3, 3)`` and ``origins_px`` ``(N, 2)`` (rows of the whole data set) in place
-        for the particles ``indices``."""
+    def run(self, volume: np.ndarray, indices: np.ndarray, euler_angles_degrees: np.ndarray,
+            origins_angstrom: np.ndarray, radius_px: int) -> None:
+        """Update ``euler_angles_degrees`` ``(N, 3)`` and ``origins_angstrom`` ``(N, 2)`` (float64 rows of the
+        whole data set) in place for the particles ``indices``. Only a batch's poses are ever matrices, so
+        that nothing beyond the angles and origins is held per particle."""
         grid = reference_grid(volume, self.pixel)
         disk = HalfDisk(self.box, radius_px)
         freqs_angstrom = disk.freqs_px.double() / self.pixel
@@ -108,30 +106,12 @@ class _HalfRefiner:
             ctf = None
             if "ctf" in batch:
                 ctf = compute_ctf(freqs_angstrom, CTFParams.from_array(batch["ctf"].to(torch.float64))).float()
-            found = self.search.refine(grid, targets, ctf, disk, rotations[chunk], origins_px[chunk],
+            rotations = torch.as_tensor(euler_to_matrix(euler_angles_degrees[chunk])).float()
+            origins_px = torch.as_tensor(origins_angstrom[chunk] / self.pixel).float()
+            found = self.search.refine(grid, targets, ctf, disk, rotations, origins_px,
                                        self.config.local_rotation_degrees, 0.0, self.config.refine_steps)
-            rotations[chunk] = found.rotations.to(rotations.dtype)
-            origins_px[chunk] = found.origins_px.to(origins_px.dtype)
-
-
-def _rotations(euler_angles_degrees: np.ndarray) -> torch.Tensor:
-    """``(N, 3, 3)`` float32 rotations of ``(N, 3)`` RELION angles, converted :data:`CONVERT_ROWS` at a time
-    (the float64 matrices of the conversion never exist for every particle at once)."""
-    angles = np.asarray(euler_angles_degrees)
-    rotations = torch.empty(len(angles), 3, 3)
-    for start in range(0, len(angles), CONVERT_ROWS):
-        part = np.asarray(angles[start:start + CONVERT_ROWS], dtype=np.float64)
-        rotations[start:start + len(part)] = torch.as_tensor(euler_to_matrix(part)).float()
-    return rotations
-
-
-def _euler_angles(rotations: torch.Tensor) -> np.ndarray:
-    """``(N, 3)`` float64 RELION angles of ``(N, 3, 3)`` rotations, :data:`CONVERT_ROWS` at a time."""
-    angles = np.empty((len(rotations), 3))
-    for start in range(0, len(rotations), CONVERT_ROWS):
-        part = rotations[start:start + CONVERT_ROWS].double()
-        angles[start:start + len(part)] = np.asarray(matrix_to_euler(part))
-    return angles
+            euler_angles_degrees[chunk] = np.asarray(matrix_to_euler(found.rotations.double()))
+            origins_angstrom[chunk] = found.origins_px.double().numpy() * self.pixel
 
 
 def gold_standard_half_maps(dataset, euler_angles_degrees: np.ndarray, origins_angstrom: np.ndarray,
@@ -161,20 +141,16 @@ def gold_standard_half_maps(dataset, euler_angles_degrees: np.ndarray, origins_a
         return reconstruct_halves(dataset, euler_angles_degrees, origins_angstrom, halves, config, batch_size,
                                   progress)
     members = [np.flatnonzero(halves == 1), np.flatnonzero(halves == 2)]
-    pixel = dataset.pixel_size_angstrom
-    rotations = _rotations(euler_angles_degrees)
-    origins_px = torch.as_tensor(np.asarray(origins_angstrom, dtype=np.float64) / pixel).float()
-    result = reconstruct_halves(dataset, euler_angles_degrees, origins_angstrom, halves, config, batch_size,
-                                progress)
+    euler = np.array(euler_angles_degrees, dtype=np.float64)  # refined in place: the caller's stay as given
+    origins = np.array(origins_angstrom, dtype=np.float64)
+    result = reconstruct_halves(dataset, euler, origins, halves, config, batch_size, progress)
     radius = start_radius(result.fsc, dataset.box, config)
     refiner = _HalfRefiner(dataset, search_config, batch_size, progress)
     for round_index in range(config.rounds):
         logger.info("gold-standard round %d/%d: poses refined against each half's own map within %d Fourier px",
                     round_index + 1, config.rounds, radius)
         for volume, indices in zip((result.half1, result.half2), members):
-            refiner.run(volume, indices, rotations, origins_px, radius)
-        euler = _euler_angles(rotations)
-        origins = origins_px.double().numpy() * pixel
+            refiner.run(volume, indices, euler, origins, radius)
         result = reconstruct_halves(dataset, euler, origins, halves, config, batch_size, progress)
         radius = min(radius_below(result.fsc, config.fsc_threshold), dataset.box // 2 - 1)
     return dataclasses.replace(result, refine_rounds=config.rounds)

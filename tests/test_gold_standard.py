@@ -56,17 +56,18 @@ def test_poses_fitted_to_a_map_of_every_particle_overclaim_and_the_gold_standard
     count = len(dataset)
     full = accumulate(dataset, table.euler_angles_degrees, table.origins_angstrom, np.arange(count))
     shared_map = full.volume(1e-3 * full.shell_mean_weight())
-    rotations = euler_to_matrix(table.euler_angles_degrees).float()
-    origins_px = torch.as_tensor(table.origins_angstrom / VOXEL).float()
-    _HalfRefiner(dataset, SEARCH, 256, False).run(shared_map, np.arange(count), rotations, origins_px, BOX // 2 - 1)
-    angles, origins = matrix_to_euler(rotations.double()).numpy(), origins_px.double().numpy() * VOXEL
+    angles, origins = np.array(table.euler_angles_degrees), np.array(table.origins_angstrom)
+    _HalfRefiner(dataset, SEARCH, 256, False).run(shared_map, np.arange(count), angles, origins, BOX // 2 - 1)
 
     plain = reconstruct_half_maps(dataset, angles, origins, seed=3)
     assert plain.resolution_pixels < 0.8 * truth_resolution(plain, reference)  # claims more than the map has
 
+    given = angles.copy(), origins.copy()
     gold = gold_standard_half_maps(dataset, angles, origins, seed=3, search_config=SEARCH)
     truth = truth_resolution(gold, reference)
     assert abs(gold.resolution_pixels - truth) / truth < 0.2
+    np.testing.assert_array_equal(angles, given[0])  # the refinement works on its own copy
+    np.testing.assert_array_equal(origins, given[1])
     assert gold.established and gold.warning is None
     assert gold.refine_rounds == HalfMapConfig().rounds
     np.testing.assert_array_equal(gold.halves, plain.halves)

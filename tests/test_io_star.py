@@ -333,3 +333,17 @@ def test_read_star_poses_needs_poses(stacks, tmp_path):
         read_star_poses(path, 2.0)
     with pytest.raises(FileNotFoundError):
         read_star_poses(str(tmp_path / "missing.star"), 2.0)
+
+
+def test_reading_without_poses_skips_the_pose_columns(tmp_path):
+    make_stack(tmp_path / "stacks" / "a.mrcs", 2)
+    make_stack(tmp_path / "stacks" / "b.mrcs", 3)
+    path = write_text(tmp_path / "in.star", relion31(NAMES))
+    whole, lean = read_star(path), read_star(path, poses=False)
+    assert whole.has_poses and not lean.has_poses and lean.origins_angstrom is None
+    assert not set(lean.extra_columns) & {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+                                          "rlnOriginYAngst", "rlnOriginX", "rlnOriginY"}
+    np.testing.assert_array_equal(lean.ctf, whole.ctf)
+    np.testing.assert_array_equal(lean.image_indices, whole.image_indices)
+    assert lean.stack_files == whole.stack_files and set(lean.extra_columns) == set(whole.extra_columns)
+    assert read_particles(path, poses=False).euler_angles_degrees is None

@@ -120,3 +120,30 @@ def test_a_column_filter_keeps_the_asked_loop_columns_only(tmp_path, monkeypatch
     for column in kept["particles"]:
         np.testing.assert_array_equal(np.asarray(kept["particles"][column]), np.asarray(whole["particles"][column]))
     assert list(kept["general"]) == list(whole["general"])  # a block of pairs is kept whole
+    dropped = read_blocks(str(path), drop={"rlnDefocusU", "rlnNotThere"})
+    assert list(dropped["particles"]) == [name for name in whole["particles"] if name != "rlnDefocusU"]
+    assert list(dropped["optics"]) == list(whole["optics"])
+
+
+@pytest.mark.parametrize("lines", [0, 1, 3])
+def test_columns_are_right_when_the_line_count_is_short(tmp_path, monkeypatch, lines):
+    # Each column is one array sized by the file's line count; were that count short, the array grows.
+    path = tmp_path / "p.star"
+    path.write_text(TEXT)
+    monkeypatch.setattr(star_parser, "PARSE_CHUNK_ROWS", 2)
+    whole = read_blocks(str(path), split_image_names=True)
+    monkeypatch.setattr(star_parser, "count_lines", lambda _: lines)
+    short = read_blocks(str(path), split_image_names=True)
+    for column, values in whole["particles"].items():
+        if isinstance(values, ImageNames):
+            assert short["particles"][column].numbers.tolist() == values.numbers.tolist()
+            assert short["particles"][column].stack_codes.tolist() == values.stack_codes.tolist()
+        else:
+            np.testing.assert_array_equal(np.asarray(short["particles"][column]), np.asarray(values), err_msg=column)
+
+
+def test_count_lines_counts_a_last_line_without_newline(tmp_path):
+    path = tmp_path / "t.star"
+    for text, count in [("", 0), ("a\n", 1), ("a\nb", 2), ("a\n\nb\n", 3)]:
+        path.write_text(text)
+        assert star_parser.count_lines(str(path)) == count

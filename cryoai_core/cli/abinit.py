@@ -124,7 +124,7 @@ def validate_abinit(args) -> tuple:
     check_options(args)
     device = resolve_device(args.device)
     check_outdir(args.outdir, args.resume)
-    table = read_particles(args.particles, root=args.root).without_poses()
+    table = read_particles(args.particles, root=args.root, poses=False)
     require_ctf(table, args.particles)
     if len(table) < MIN_PARTICLES:
         raise CommandError(f"{args.particles} holds {len(table)} particles; ab initio needs at least {MIN_PARTICLES}")

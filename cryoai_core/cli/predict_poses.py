@@ -73,7 +73,7 @@ def validate_predict_poses(args) -> tuple:
     normalization = state["progress"].get("normalization")
     if not (isinstance(normalization, (list, tuple)) and len(normalization) == 2 and normalization[1] > 0):
         raise CommandError(f"{args.checkpoint} is not a complete cryoAI checkpoint: missing the image normalization")
-    table = read_particles(args.particles, root=args.root)
+    table = read_particles(args.particles, root=args.root, poses=False)  # the predicted poses replace them
     require_ctf(table, args.particles)
     if len(table) == 0:
         raise CommandError(f"{args.particles} holds no particles")
@@ -91,7 +91,6 @@ def main(args):
     from cryoai_core.train.learner import CryoAILearner
 
     state, config, table, box, device = validate_predict_poses(args)
-    table = table.without_poses()  # the written poses replace the input's, which need not stay in memory
     dataset = ParticleDataset(table, box=box, invert_contrast=config.invert_contrast)
     learner = CryoAILearner(config)
     restore_learner(learner, state, with_optimizers=False)

@@ -140,7 +140,8 @@ def _extension(path: str) -> str:
 
 
 def _star_poses(path: str):
-    from cryoai_core.io.star import ANGLE_COLUMNS, ORIGIN_PIXEL_COLUMNS, poses_from_columns, read_star_columns
+    from cryoai_core.io.star import read_star_columns
+    from cryoai_core.io.star_columns import ANGLE_COLUMNS, ORIGIN_PIXEL_COLUMNS, poses_from_columns
     from cryoai_core.relion_euler import euler_to_matrix
 
     columns = read_star_columns(path)
@@ -171,7 +172,8 @@ def _star_value(columns, names) -> float | None:
 
 
 def _star_ctf(path: str) -> np.ndarray:
-    from cryoai_core.io.star import ctf_from_columns, read_star_columns
+    from cryoai_core.io.star import read_star_columns
+    from cryoai_core.io.star_columns import ctf_from_columns
 
     ctf = ctf_from_columns(read_star_columns(path), path)
     if ctf is None:

@@ -18,49 +18,40 @@ import csv
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
 
-import mrcfile
 import numpy as np
 import pandas as pd
 from starfile.writer import StarWriter
 
 from cryoai_core.io.atomic import atomic_open
 from cryoai_core.io.mrc import common_box, locate_stack
-from cryoai_core.io.particles import CTF_FIELDS, ParticleTable, uniform_pixel_size
-from cryoai_core.io.star_parser import ImageNames, block_rows, read_blocks
+from cryoai_core.io.particles import ParticleTable
+from cryoai_core.io.star_columns import (
+    ANGLE_COLUMNS, CTF_COLUMNS, GEOMETRY_COLUMNS, OPTICS_CTF_COLUMNS, ORIGIN_ANGSTROM_COLUMNS, ORIGIN_PIXEL_COLUMNS,
+    REQUIRED_CTF_COLUMNS, MergedColumns, ctf_from_columns, particle_tables, pixel_size_from_columns,
+    poses_from_columns, shared_optics)
+from cryoai_core.io.star_parser import ImageNames, read_blocks
 
 logger = logging.getLogger(__name__)
 
-CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
-               "rlnAmplitudeContrast", "rlnPhaseShift", "rlnCtfBfactor")
-"""RELION names of the :data:`CTF_FIELDS` columns, in the same order."""
-REQUIRED_CTF_COLUMNS = CTF_COLUMNS[:6]
-"""CTF columns without which a star file has no CTF (phase shift and B-factor default to 0)."""
-OPTICS_CTF_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
-ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-ORIGIN_ANGSTROM_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
-ORIGIN_PIXEL_COLUMNS = ("rlnOriginX", "rlnOriginY")
-_GEOMETRY_COLUMNS = ("rlnImageName", "rlnOpticsGroup", "rlnOpticsGroupName", "rlnImagePixelSize",
-                     "rlnPixelSize", "rlnDetectorPixelSize", "rlnMagnification", "rlnImageSize",
-                     "rlnImageDimensionality")
-_PER_GROUP_GEOMETRY = ("rlnOpticsGroup", "rlnImagePixelSize", "rlnPixelSize", "rlnImageSize",
-                       "rlnImageDimensionality")
 STAR_VERSION_LINE = "# version 30001"
 FLOAT_FORMAT = "%.6f"
 STAR_CHUNK_ROWS = 10_000
 """Particles formatted at a time when writing a star file (memory stays flat in the number of particles)."""
 
 
-def read_star(path: str, root: str | None = None) -> ParticleTable:
+def read_star(path: str, root: str | None = None, poses: bool = True) -> ParticleTable:
     """Read a RELION 3.0 or 3.1 particle star file.
 
     The particle table is parsed a chunk of rows at a time into compact columns
-    (:mod:`cryoai_core.io.star_parser`), so memory grows by a few numbers per particle, not by its text.
+    (:mod:`cryoai_core.io.star_parser`), so memory grows by a few numbers per particle, not by its text;
+    each column is released as soon as it has been turned into the table's arrays.
 
     Args:
         path: the star file.
         root: folder that relative stack paths are relative to (default: the star file's folder).
+        poses: read the angle and origin columns; ``False`` skips them (a table without poses, as ab initio
+            and pose prediction need: their memory is spared).
 
     Returns:
         A table with absolute stack paths, CTF (``None`` when a required CTF column is missing; see
@@ -75,31 +66,27 @@ def read_star(path: str, root: str | None = None) -> ParticleTable:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"star file not found: {path}")
-    particles, optics = _particle_tables(read_blocks(path, split_image_names=True), path)
+    skipped = () if poses else ANGLE_COLUMNS + ORIGIN_ANGSTROM_COLUMNS + ORIGIN_PIXEL_COLUMNS
+    particles, optics = particle_tables(read_blocks(path, split_image_names=True, drop=skipped), path)
     merged = MergedColumns(particles, optics, path)
+    merged.release("rlnOpticsGroup")  # MergedColumns holds each particle's group; the table writes its own
 
-    stack_files, stack_ids, image_indices = _image_locations(particles["rlnImageName"], path, root)
+    stack_files, stack_ids, image_indices = _image_locations(particles.pop("rlnImageName"), path, root)
     box = common_box(stack_files, stack_ids, image_indices, path)
     if "rlnImageSize" in merged:
         sizes = np.unique(np.asarray(merged["rlnImageSize"]))
         if len(sizes) != 1 or int(sizes[0]) != box:
             raise ValueError(f"{path}: rlnImageSize {sizes.tolist()} does not match the stacks' box of {box} px")
-    pixel_size = _pixel_size(merged, path, stack_files[0])
-    ctf = ctf_from_columns(merged, path)
-    angles, origins = poses_from_columns(merged, pixel_size, path)
-
-    consumed = set(_GEOMETRY_COLUMNS)
-    if ctf is not None:
-        consumed.update(CTF_COLUMNS)
-    if angles is not None:
-        consumed.update(ANGLE_COLUMNS + ORIGIN_ANGSTROM_COLUMNS + ORIGIN_PIXEL_COLUMNS)
-    extra = {name: values for name, values in particles.items() if name not in consumed}
+    pixel_size = pixel_size_from_columns(merged, path, stack_files[0])
+    ctf = ctf_from_columns(merged, path, release=True)
+    angles, origins = poses_from_columns(merged, pixel_size, path, release=True)
+    extra = {name: values for name, values in particles.items() if name not in GEOMETRY_COLUMNS}
     logger.info("%s: %d particles in %d stack(s), box %d, %.4g Å/px, CTF %s, poses %s", path, len(stack_ids),
                 len(stack_files), box, pixel_size, "yes" if ctf is not None else "no",
-                "yes" if angles is not None else "no")
+                "yes" if angles is not None else "no" if poses else "not read")
     return ParticleTable(stack_files=stack_files, stack_ids=stack_ids, image_indices=image_indices,
                          pixel_size_angstrom=pixel_size, box=box, ctf=ctf, euler_angles_degrees=angles,
-                         origins_angstrom=origins, extra_columns=extra, optics=_shared_optics(optics))
+                         origins_angstrom=origins, extra_columns=extra, optics=shared_optics(optics))
 
 
 def require_ctf(table: ParticleTable, path: str) -> None:
@@ -176,7 +163,7 @@ def _particle_frame(table: ParticleTable, folder: str, constants, start: int, st
                    else np.asarray(part.origins_angstrom, dtype=np.float64).reshape(-1, 2))
         columns.update(zip(ANGLE_COLUMNS, angles.T))
         columns.update(zip(ORIGIN_ANGSTROM_COLUMNS, origins.T))
-    skip = set(columns) | set(_GEOMETRY_COLUMNS)
+    skip = set(columns) | set(GEOMETRY_COLUMNS)
     if part.euler_angles_degrees is not None:
         skip.update(ORIGIN_PIXEL_COLUMNS)
     for name, values in part.extra_columns.items():
@@ -208,7 +195,7 @@ def read_star_columns(path: str) -> pd.DataFrame:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"star file not found: {path}")
-    particles, optics = _particle_tables(read_blocks(path), path)
+    particles, optics = particle_tables(read_blocks(path), path)
     merged = MergedColumns(particles, optics, path)
     return pd.DataFrame({name: merged[name] for name in merged})
 
@@ -229,78 +216,11 @@ def read_star_poses(path: str, pixel_size_angstrom: float, extra: tuple = ()) ->
         raise FileNotFoundError(f"star file not found: {path}")
     wanted = {"rlnImageName", "rlnOpticsGroup", *ANGLE_COLUMNS, *ORIGIN_ANGSTROM_COLUMNS, *ORIGIN_PIXEL_COLUMNS,
               *extra}
-    particles, optics = _particle_tables(read_blocks(path, split_image_names=True, columns=wanted), path)
+    particles, optics = particle_tables(read_blocks(path, split_image_names=True, columns=wanted), path)
     angles, origins = poses_from_columns(MergedColumns(particles, optics, path), pixel_size_angstrom, path)
     if angles is None:
         raise ValueError(f"{path} has no poses (rlnAngleRot, rlnAngleTilt, rlnAnglePsi)")
     return angles, origins, {name: np.asarray(particles[name]) for name in extra if name in particles}
-
-
-def _particle_tables(blocks: dict, path: str) -> tuple[dict, pd.DataFrame | None]:
-    """The particle block (``{column: values}``) and the optics table (``None`` if absent)."""
-    if "particles" in blocks:
-        particles = blocks["particles"]
-    else:
-        named = [name for name, block in blocks.items() if "rlnImageName" in block]
-        preferred = [name for name in ("images", "") if name in named]
-        if not named:
-            if all(block_rows(block) == 0 for block in blocks.values()):
-                raise ValueError(f"{path} contains no particles")
-            raise ValueError(f"{path} has no particle table (no rlnImageName column)")
-        particles = blocks[(preferred or named)[0]]
-    if block_rows(particles) == 0:
-        raise ValueError(f"{path} contains no particles")
-    if "rlnImageName" not in particles:
-        raise ValueError(f"{path}: the particle table has no rlnImageName column")
-    optics = blocks.get("optics")
-    optics = None if optics is None else pd.DataFrame({name: np.asarray(values) for name, values in optics.items()})
-    return particles, optics
-
-
-class MergedColumns(Mapping):
-    """Per-particle columns: the particle table's own and, for names it lacks, its optics group's value.
-
-    Optics values are spread over the particles only when a column is asked for (``merged[name]``, an
-    ``(N,)`` array), so nothing is held per particle beyond the particle table itself.
-    """
-
-    def __init__(self, particles: dict, optics: pd.DataFrame | None, path: str):
-        self.particles, self.optics, self.rows = particles, None, None
-        if optics is None or len(optics) == 0:
-            return
-        if "rlnOpticsGroup" not in optics.columns:
-            raise ValueError(f"{path}: the optics table has no rlnOpticsGroup column")
-        if optics["rlnOpticsGroup"].duplicated().any():
-            raise ValueError(f"{path}: the optics table lists an optics group twice")
-        groups = pd.Index(optics["rlnOpticsGroup"])
-        if "rlnOpticsGroup" in particles:
-            self.rows = groups.get_indexer(np.asarray(particles["rlnOpticsGroup"]))
-            if (self.rows < 0).any():
-                unknown = pd.unique(np.asarray(particles["rlnOpticsGroup"])[self.rows < 0])
-                raise ValueError(f"{path}: particles refer to optics group(s) {sorted(unknown.tolist())} missing "
-                                 "from data_optics")
-        elif len(groups) == 1:
-            self.rows = np.zeros(block_rows(particles), dtype=np.int64)
-        else:
-            raise ValueError(f"{path}: the particles have no rlnOpticsGroup but there are {len(groups)} optics "
-                             "groups")
-        self.optics = optics
-
-    def _optics_names(self) -> list:
-        return [] if self.optics is None else [name for name in self.optics.columns if name not in self.particles]
-
-    def __getitem__(self, name: str):
-        if name in self.particles:
-            return self.particles[name]
-        if name in self._optics_names():
-            return self.optics[name].to_numpy()[self.rows]
-        raise KeyError(name)
-
-    def __iter__(self):
-        return iter([*self.particles, *self._optics_names()])
-
-    def __len__(self) -> int:
-        return len(self.particles) + len(self._optics_names())
 
 
 def _image_locations(names: ImageNames, path: str, root: str | None):
@@ -317,89 +237,9 @@ def _image_locations(names: ImageNames, path: str, root: str | None):
     stack_files = tuple(dict.fromkeys(resolved))
     position = {name: number for number, name in enumerate(stack_files)}
     remap = np.array([position[name] for name in resolved], dtype=np.int32)
-    return stack_files, remap[names.stack_codes], names.numbers - 1
-
-
-def _pixel_size(merged: Mapping, path: str, first_stack: str) -> float:
-    if "rlnImagePixelSize" in merged:
-        values = _floats(merged, "rlnImagePixelSize", path)
-    elif "rlnPixelSize" in merged:
-        values = _floats(merged, "rlnPixelSize", path)
-    elif {"rlnDetectorPixelSize", "rlnMagnification"} <= set(merged):
-        values = 1e4 * _floats(merged, "rlnDetectorPixelSize", path) / _floats(merged, "rlnMagnification", path)
-    else:
-        with mrcfile.open(first_stack, mode="r", header_only=True, permissive=True) as mrc:
-            header_size = float(mrc.voxel_size.x)
-        if not header_size > 0:
-            raise ValueError(f"{path} gives no pixel size (rlnImagePixelSize, rlnPixelSize or "
-                             "rlnDetectorPixelSize + rlnMagnification) and the stack header has none")
-        logger.warning("%s gives no pixel size; using %.4g Å from the header of %s", path, header_size,
-                       first_stack)
-        return header_size
-    return uniform_pixel_size(values, path)
-
-
-def _floats(merged: Mapping, name: str, path: str) -> np.ndarray:
-    """Column ``name`` as float64 ``(N,)``; a text column is an error naming it."""
-    if _is_text(merged[name]):
-        raise ValueError(f"{path}: column {name} holds non-numeric values")
-    return np.asarray(merged[name], dtype=np.float64)
-
-
-def _is_text(values) -> bool:
-    return not pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype)
-
-
-def _rows(merged: Mapping) -> int:
-    return len(merged[next(iter(merged))])
-
-
-def ctf_from_columns(merged: Mapping, path: str) -> np.ndarray | None:
-    """``(N, 8)`` CTF in :data:`CTF_FIELDS` order from merged star columns (a mapping such as a DataFrame or
-    :class:`MergedColumns`), ``None`` if a required one is missing."""
-    missing = [name for name in REQUIRED_CTF_COLUMNS if name not in merged]
-    if missing:
-        logger.info("%s has no CTF (missing %s)", path, ", ".join(missing))
-        return None
-    text = [name for name in CTF_COLUMNS if name in merged and _is_text(merged[name])]
-    if text:
-        raise ValueError(f"{path}: column(s) {', '.join(text)} hold non-numeric values")
-    ctf = np.zeros((_rows(merged), len(CTF_FIELDS)))
-    for index, name in enumerate(CTF_COLUMNS):
-        if name in merged:
-            ctf[:, index] = _floats(merged, name, path)
-    bad = ~np.isfinite(ctf).all(axis=0)
-    if bad.any():
-        raise ValueError(f"{path}: column(s) {', '.join(np.array(CTF_COLUMNS)[bad])} hold non-numeric values")
-    return ctf
-
-
-def poses_from_columns(merged: Mapping, pixel_size: float, path: str = "star file"):
-    """RELION ``(N, 3)`` Euler angles (degrees) and ``(N, 2)`` origins (Å) from merged star columns;
-    ``(None, None)`` without angle columns, zero origins without origin columns."""
-    if not set(ANGLE_COLUMNS) <= set(merged):
-        return None, None
-    angles = np.stack([_floats(merged, name, path) for name in ANGLE_COLUMNS], axis=1)
-    if set(ORIGIN_ANGSTROM_COLUMNS) <= set(merged):
-        origins = np.stack([_floats(merged, name, path) for name in ORIGIN_ANGSTROM_COLUMNS], axis=1)
-    elif set(ORIGIN_PIXEL_COLUMNS) <= set(merged):
-        origins = np.stack([_floats(merged, name, path) for name in ORIGIN_PIXEL_COLUMNS], axis=1) * pixel_size
-    else:
-        origins = np.zeros((_rows(merged), 2))
-    return angles, origins
-
-
-def _shared_optics(optics: pd.DataFrame | None) -> dict:
-    """Optics values equal in every group (RELION names -> Python scalars), except the geometry."""
-    if optics is None or len(optics) == 0:
-        return {}
-    shared = {}
-    for name in optics.columns:
-        values = optics[name].unique()
-        if name not in _PER_GROUP_GEOMETRY and len(values) == 1:
-            value = values[0]
-            shared[name] = value.item() if isinstance(value, np.generic) else value
-    return shared
+    image_indices = names.numbers  # the column is the caller's to consume: made 0-based in place, not copied
+    image_indices -= 1
+    return stack_files, remap[names.stack_codes], image_indices
 
 
 def _optics_table(table: ParticleTable) -> tuple[pd.DataFrame, np.ndarray | None]:
@@ -423,7 +263,7 @@ def _optics_table(table: ParticleTable) -> tuple[pd.DataFrame, np.ndarray | None
               "rlnImageSize": [int(table.box)] * count, "rlnImageDimensionality": [2] * count}
     optics.update(ctf_values)
     for key, value in table.optics.items():
-        if key not in optics and key not in _GEOMETRY_COLUMNS and np.isscalar(value):
+        if key not in optics and key not in GEOMETRY_COLUMNS and np.isscalar(value):
             optics[key] = [value] * count
     return pd.DataFrame(optics), constants
 

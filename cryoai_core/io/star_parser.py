@@ -11,12 +11,16 @@ compact columns:
 - ``rlnImageName`` (when asked): :class:`ImageNames`, the 1-based image number as an integer and the
   stack path as a code into the distinct paths.
 
-The parse thus holds one chunk of text at a time, never the whole table as Python strings. Values
+The parse thus holds one chunk of text at a time, never the whole table as Python strings. Each column
+is filled into one array sized by a count of the file's lines (:func:`count_lines`), not gathered as a
+list of chunks and joined: joining would hold every column twice, and the chunks, small enough for the
+C allocator's heap, would stay in the process's resident memory after they are freed. Values
 ``nan``, ``NaN`` and ``<NA>`` are missing; any other text is kept as written (as the ``starfile``
 package reads it).
 """
 import dataclasses
 import io
+import mmap
 import re
 import shlex
 
@@ -66,32 +70,83 @@ class _Text:
         return pd.Categorical.from_codes(codes, categories=pd.Index(list(self.index), dtype=object))
 
 
-class _Column:
-    """One loop column being filled: numeric chunks as arrays, text chunks as codes into one :class:`_Text`."""
+def _anonymous(count: int, dtype) -> np.ndarray:
+    """An uninitialised ``(count,)`` array in its own anonymous memory map: returned to the system when the
+    array goes, whatever the C allocator's thresholds (a large ``np.empty`` may come from the heap, whose
+    freed middle stays resident), and taking no memory where it is never written."""
+    dtype = np.dtype(dtype)
+    return np.frombuffer(mmap.mmap(-1, max(count, 1) * dtype.itemsize), dtype=dtype)[:count]
 
-    def __init__(self):
-        self.chunks, self.text = [], _Text()
+
+class _Filled:
+    """An array filled chunk by chunk, allocated once for ``capacity`` rows (grown, rarely, if that is short).
+
+    Its dtype is that of the first chunk; an integer array becomes float64 when a float chunk follows.
+    Pages that are never written (an array sized by the file's line count for a table of few rows) take
+    no memory.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity, self.count, self.values = max(int(capacity), 1), 0, None
+
+    def add(self, part: np.ndarray) -> None:
+        if self.values is None:
+            self.values = _anonymous(max(self.capacity, len(part)), part.dtype)
+        elif self.values.dtype.kind in "iu" and part.dtype.kind == "f":
+            self.values = self.values.astype(np.float64)
+        if self.count + len(part) > len(self.values):
+            grown = _anonymous(2 * (self.count + len(part)), self.values.dtype)
+            grown[:self.count] = self.values[:self.count]
+            self.values = grown
+        self.values[self.count:self.count + len(part)] = part
+        self.count += len(part)
+
+    def finish(self, dtype) -> np.ndarray:
+        """The filled rows (``dtype`` when nothing was added); the unused part of the array is released."""
+        values, self.values = self.values, None
+        if values is None:
+            return np.zeros(0, dtype=dtype)
+        filled = values[:self.count]
+        return filled if 2 * self.count >= len(values) else filled.copy()
+
+
+class _Column:
+    """One loop column being filled: numbers into one array, or text as codes into one :class:`_Text`.
+
+    A column whose chunks mix numbers and text becomes text (numbers written as Python prints them).
+    """
+
+    def __init__(self, capacity: int):
+        self.numbers, self.codes, self.text = _Filled(capacity), None, _Text()
+        self.capacity = capacity
 
     def add(self, values: pd.Series) -> None:
         if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-            self.chunks.append(("number", values.to_numpy()))
-        else:
-            self.chunks.append(("text", self.text.add(values.fillna("<NA>").astype(str))))
+            part = values.to_numpy()
+            if self.codes is None:
+                self.numbers.add(part)
+                return
+            self.codes.add(self.text.add(pd.Series(part).astype(str)))
+            return
+        if self.codes is None:
+            self.codes = _Filled(self.capacity)
+            numbers = self.numbers.finish(np.float64)
+            if len(numbers):
+                self.codes.add(self.text.add(pd.Series(numbers).astype(str)))
+        self.codes.add(self.text.add(values.fillna("<NA>").astype(str)))
 
     def finish(self):
-        """The whole column (the chunks are released)."""
-        chunks, self.chunks = self.chunks, []
-        if all(kind == "number" for kind, _ in chunks):
-            return np.concatenate([part for _, part in chunks]) if chunks else np.zeros(0)
-        codes = [part if kind == "text" else self.text.add(pd.Series(part).astype(str)) for kind, part in chunks]
-        return self.text.categorical(np.concatenate(codes))
+        """The whole column."""
+        if self.codes is None:
+            return self.numbers.finish(np.float64)
+        return self.text.categorical(self.codes.finish(np.int32))
 
 
 class _ImageNameColumn:
     """An ``rlnImageName`` column being filled (see :class:`ImageNames`)."""
 
-    def __init__(self):
-        self.numbers, self.codes, self.stacks, self.malformed = [], [], _Text(), None
+    def __init__(self, capacity: int):
+        self.numbers, self.codes, self.stacks, self.malformed = _Filled(capacity), _Filled(capacity), _Text(), None
 
     def add(self, values: pd.Series) -> None:
         names = values.fillna("").astype(str)
@@ -102,16 +157,13 @@ class _ImageNameColumn:
             self.malformed = names.iloc[bad[0]]
         numbers = np.ones(len(names), dtype=np.int64)
         numbers[numbered] = parts[0][numbered].to_numpy().astype(np.int64)
-        self.numbers.append(numbers)
-        self.codes.append(self.stacks.add(parts[1].where(numbered, names)))
+        self.numbers.add(numbers)
+        self.codes.add(self.stacks.add(parts[1].where(numbered, names)))
 
     def finish(self) -> ImageNames:
-        """The whole column (the chunks are released)."""
-        numbers = np.concatenate(self.numbers) if self.numbers else np.zeros(0, dtype=np.int64)
-        self.numbers = []
-        codes = np.concatenate(self.codes) if self.codes else np.zeros(0, dtype=np.int32)
-        self.codes = []
-        return ImageNames(numbers, codes, tuple(self.stacks.index), self.malformed)
+        """The whole column."""
+        return ImageNames(self.numbers.finish(np.int64), self.codes.finish(np.int32), tuple(self.stacks.index),
+                          self.malformed)
 
 
 def block_rows(block: dict) -> int:
@@ -119,25 +171,48 @@ def block_rows(block: dict) -> int:
     return len(next(iter(block.values()))) if block else 0
 
 
-def read_blocks(path: str, split_image_names: bool = False, columns=None) -> dict:
+def count_lines(path: str) -> int:
+    """Number of lines of a file (an upper bound on the rows of any of its tables), read in binary blocks."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
+def read_blocks(path: str, split_image_names: bool = False, columns=None, drop=()) -> dict:
     """Every data block of a STAR file: ``{block name: {column name: column}}`` (see the module text).
 
     ``split_image_names`` stores ``rlnImageName`` columns as :class:`ImageNames` (otherwise as text).
-    ``columns`` (a set of names): loop tables keep only these columns; the others are parsed a chunk at a
-    time and dropped, so memory holds the kept columns only. A block of ``_label value`` pairs becomes one
-    row (and is kept whole).
+    ``columns`` (a set of names): loop tables keep only these columns; ``drop``: loop tables keep all but
+    these. Columns not kept are parsed a chunk at a time and dropped, so memory holds the kept columns
+    only. A block of ``_label value`` pairs becomes one row (and is kept whole).
 
     Raises:
         ValueError: text that is not a STAR file (the message names ``path``).
     """
     try:
+        capacity = count_lines(path)
         with open(path, encoding="utf-8") as handle:
-            return _read(iter(handle), split_image_names, None if columns is None else frozenset(columns))
+            keep = Kept(None if columns is None else frozenset(columns), frozenset(drop))
+            return _read(iter(handle), split_image_names, keep, capacity)
     except Exception as error:  # pandas, shlex and the decoder raise assorted errors for malformed text
         raise ValueError(f"{path} cannot be parsed as a STAR file: {error}") from None
 
 
-def _read(lines, split_image_names: bool, keep) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """The loop columns that a parse keeps: those in ``only`` (all when ``None``) and not in ``drop``."""
+
+    only: frozenset | None
+    drop: frozenset
+
+    def __contains__(self, label: str) -> bool:
+        return (self.only is None or label in self.only) and label not in self.drop
+
+
+def _read(lines, split_image_names: bool, keep: Kept, capacity: int) -> dict:
     blocks = {}
     line = next(lines, "")
     while line:
@@ -150,7 +225,7 @@ def _read(lines, split_image_names: bool, keep) -> dict:
         while line and not line.strip().startswith(("loop_", "_", "data_")):
             line = next(lines, "")
         if line.strip().startswith("loop_"):
-            blocks[name], line = _read_loop(lines, split_image_names, keep)
+            blocks[name], line = _read_loop(lines, split_image_names, keep, capacity)
         elif line.strip().startswith("_"):
             blocks[name], line = _read_pairs(line, lines)
         else:
@@ -177,14 +252,14 @@ def _number(text: str):
     return text
 
 
-def _read_loop(lines, split_image_names: bool, keep) -> tuple[dict, str]:
+def _read_loop(lines, split_image_names: bool, keep: Kept, capacity: int) -> tuple[dict, str]:
     labels = []
     line = next(lines, "")
     while line.strip().startswith("_"):
         labels.append(line.split()[0][1:])
         line = next(lines, "")
-    columns = {label: _ImageNameColumn() if split_image_names and label == IMAGE_NAME_COLUMN else _Column()
-               for label in labels if keep is None or label in keep}
+    columns = {label: (_ImageNameColumn if split_image_names and label == IMAGE_NAME_COLUMN else _Column)(capacity)
+               for label in labels if label in keep}
     rows = []
     while line and not line.strip().startswith("data_"):
         rows.append(line)
