@@ -7,7 +7,8 @@ pages: at 64 px the kernel's share of a step's CPU time was about as large as th
 (``benchmarks/README.md``). :func:`retain_freed_memory` makes ``malloc`` take every block from its heap and
 never trim it, so a step reuses the pages of the previous one. The process keeps its peak until it exits,
 and the heap may grow for a few steps before freed holes merge into blocks that fit the next aligned request
-(``benchmarks/README.md``, "Peak memory with the malloc settings").
+(``benchmarks/README.md``, "Peak memory with the malloc settings"). Work that frees a lot once and will
+not reuse it (the parse of a large star file) hands it back with :func:`release_freed_memory`.
 """
 import ctypes
 import ctypes.util
@@ -22,19 +23,34 @@ _M_MMAP_MAX = -4
 _INT_MAX = 2 ** 31 - 1
 
 
+def _libc():
+    """The C library, or ``None`` where ctypes cannot load it."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+
+
 def retain_freed_memory() -> bool:
     """Ask glibc's ``malloc`` to serve large blocks from its heap and keep freed memory; True when applied.
 
     A no-op returning False where the C library has no ``mallopt`` (macOS, musl) or refuses the setting.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     applied = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
     if not applied:
         logger.debug("malloc settings not applied: freed memory goes back to the system")
     return applied
+
+
+def release_freed_memory() -> bool:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim(0)``, which also releases whole free
+    pages inside the heap); True when some memory was released. A no-op returning False elsewhere."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    return trim(0) == 1

@@ -36,6 +36,11 @@ def check_scalar_ctf(voltage_kv: float, spherical_aberration_mm: float, amplitud
     return check_ctf_parameters(ctf, source)
 
 
+def _largest_magnitude(values: np.ndarray) -> float:
+    """``max |values|`` without a copy of ``values`` (0 when empty)."""
+    return max(float(values.max()), -float(values.min())) if len(values) else 0.0
+
+
 def check_ctf_parameters(ctf: np.ndarray, source: str) -> list:
     """Check ``(N, 8)`` CTF parameters (:data:`CTF_FIELDS` order) of the particles read from ``source``.
 
@@ -51,8 +56,8 @@ def check_ctf_parameters(ctf: np.ndarray, source: str) -> list:
     ctf = np.asarray(ctf, dtype=np.float64)
     columns = dict(zip(CTF_FIELDS, ctf.T))
     for name, values in columns.items():
-        bad = np.flatnonzero(~np.isfinite(values))
-        if len(bad):
+        if not np.isfinite(values).all():
+            bad = np.flatnonzero(~np.isfinite(values))
             raise InputError(f"{source}: {name} is not a finite number for {len(bad)} particle(s) "
                              f"(first: particle {bad[0] + 1} in file order)")
     warnings = []
@@ -62,19 +67,23 @@ def check_ctf_parameters(ctf: np.ndarray, source: str) -> list:
                  CS_MM_IMPOSSIBLE, CS_MM_USUAL, warnings, low_inclusive=False)
     _check_range(columns["amplitude_contrast"], "amplitude contrast", "", source,
                  AMPLITUDE_CONTRAST_IMPOSSIBLE, AMPLITUDE_CONTRAST_USUAL, warnings, low_inclusive=True)
-    defocus = np.concatenate([columns["defocus_u_angstrom"], columns["defocus_v_angstrom"]])
-    largest = float(np.abs(defocus).max()) if len(defocus) else 0.0
+    defocus_u, defocus_v = columns["defocus_u_angstrom"], columns["defocus_v_angstrom"]
+    largest = max(_largest_magnitude(defocus_u), _largest_magnitude(defocus_v))
     if largest >= DEFOCUS_ANGSTROM_LIMIT:
         raise InputError(f"{source}: a defocus of {largest:.4g} Å ({largest / 1e4:.4g} µm) is impossible for "
                          "single-particle data; defocus must be given in Å")
-    bfactor = np.abs(columns["bfactor_angstrom2"])
-    if len(bfactor) and float(bfactor.max()) >= BFACTOR_ANGSTROM2_LIMIT:
-        raise InputError(f"{source}: a CTF B-factor of {float(bfactor.max()):.4g} Å² is impossible "
+    bfactor = _largest_magnitude(columns["bfactor_angstrom2"])
+    if bfactor >= BFACTOR_ANGSTROM2_LIMIT:
+        raise InputError(f"{source}: a CTF B-factor of {bfactor:.4g} Å² is impossible "
                          f"(|B| must stay below {BFACTOR_ANGSTROM2_LIMIT:.0f} Å²)")
-    if len(defocus) and (defocus < 0).all():
+    if len(ctf) and float(defocus_u.max()) < 0 and float(defocus_v.max()) < 0:
         warnings.append(f"{source}: every defocus is negative (overfocus); RELION's convention is positive "
                         "for underfocus: check the sign of the defocus columns")
-    median = float(np.median(np.abs(defocus))) if len(defocus) else DEFOCUS_ANGSTROM_USUAL[0]
+    if len(ctf):
+        magnitudes = np.concatenate([defocus_u, defocus_v])  # the one copy, made absolute and reordered
+        median = float(np.median(np.abs(magnitudes, out=magnitudes), overwrite_input=True))
+    else:
+        median = DEFOCUS_ANGSTROM_USUAL[0]
     if not DEFOCUS_ANGSTROM_USUAL[0] <= median <= DEFOCUS_ANGSTROM_USUAL[1]:
         warnings.append(f"{source}: the median defocus is {median:.4g} Å, unusual (typical: "
                         f"{DEFOCUS_ANGSTROM_USUAL[0]:.0f}-{DEFOCUS_ANGSTROM_USUAL[1]:.0f} Å); defocus must be in Å")

@@ -121,3 +121,31 @@ def test_ctf_params_from_array_rejects_wrong_shapes():
         CTFParams.from_array(np.zeros((3, 7)))
     with pytest.raises(ValueError, match="shape"):
         CTFParams.from_array(np.zeros(8))
+
+
+def _ctf_rows(defocus_u, defocus_v, bfactor=0.0) -> np.ndarray:
+    """``(N, 8)`` CTF rows (CTF_FIELDS order) at 300 kV, Cs 2.7 mm, amplitude contrast 0.1, in F order as
+    the star reader gives them."""
+    count = len(defocus_u)
+    rows = np.column_stack([defocus_u, defocus_v, np.zeros(count), np.full(count, 300.0), np.full(count, 2.7),
+                            np.full(count, 0.1), np.zeros(count), np.full(count, bfactor)])
+    return np.asfortranarray(rows)
+
+
+def test_ctf_checks_read_both_signs_and_warn_on_overfocus_and_odd_units():
+    from cryoai_core.ctf_ranges import check_ctf_parameters
+    from cryoai_core.errors import InputError
+
+    assert check_ctf_parameters(_ctf_rows([15000.0, 20000.0], [14000.0, 21000.0]), "s") == []
+    rows = _ctf_rows([-15000.0, -20000.0], [-14000.0, -21000.0])
+    before = rows.copy()
+    (warning,) = check_ctf_parameters(rows, "s")
+    assert "every defocus is negative" in warning
+    np.testing.assert_array_equal(rows, before)  # the median's work copy is not the caller's array
+    (warning,) = check_ctf_parameters(_ctf_rows([1.5, 2.0, 2.5], [1.4, 2.1, 2.6]), "s")  # µm, not Å
+    assert "median defocus is 2.05 Å" in warning
+    with pytest.raises(InputError, match="defocus of 5e\\+06 Å"):
+        check_ctf_parameters(_ctf_rows([15000.0, -5e6], [14000.0, 20000.0]), "s")
+    with pytest.raises(InputError, match="B-factor of 2e\\+04"):
+        check_ctf_parameters(_ctf_rows([15000.0], [14000.0], bfactor=-2e4), "s")
+    assert check_ctf_parameters(_ctf_rows([], []), "s") == []

@@ -1,4 +1,5 @@
 """Streamed export: poses spilled to a temporary file, scored over every particle, written in chunks."""
+import logging
 import os
 
 import mrcfile
@@ -19,7 +20,7 @@ from cryoai_core.train.score import SCORE_COLUMN, log_likelihood_ratios
 from test_io_star import make_stack
 
 
-def test_spilled_poses_come_back_in_order_with_scores_over_every_particle(tmp_path, monkeypatch):
+def test_spilled_poses_come_back_in_order_with_scores_over_every_particle(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(export, "POSE_PLOT_MAX", 4)
     count = 10
     generator = torch.Generator().manual_seed(0)
@@ -35,6 +36,8 @@ def test_spilled_poses_come_back_in_order_with_scores_over_every_particle(tmp_pa
         assert os.listdir(tmp_path) == []  # the spill file has no name
         chunks = list(poses.chunks(rows=4))
         again = list(poses.chunks(rows=4))
+        with caplog.at_level(logging.INFO, logger=export.__name__):
+            poses.log()
     assert poses.spill.closed
     assert [chunk[0] for chunk in chunks] == [0, 4, 8]
     angles = np.concatenate([chunk[1] for chunk in chunks])
@@ -43,6 +46,7 @@ def test_spilled_poses_come_back_in_order_with_scores_over_every_particle(tmp_pa
     np.testing.assert_array_equal(np.concatenate([c[1] for c in again]), angles)
     scores = np.concatenate([chunk[3][SCORE_COLUMN] for chunk in chunks])
     np.testing.assert_allclose(scores, log_likelihood_ratios(distances.numpy(), energies.numpy(), 50.0), rtol=1e-6)
+    assert f"score (nats) median {np.median(scores):.1f}, 5th percentile {np.percentile(scores, 5):.1f}" in caplog.text
     moved = np.degrees(np.arccos(np.clip((np.einsum("nij,nij->n", rotations.numpy(), encoded.numpy()) - 1) / 2, -1, 1)))
     np.testing.assert_allclose(poses.moved_degrees, moved, atol=1e-3)
     shown = torch.cat(poses.shown_rotations)

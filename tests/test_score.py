@@ -8,7 +8,7 @@ from cryoai_core.fourier import fft2_centered
 from cryoai_core.models.forward_model import HalfDisk
 from cryoai_core.train.loss import weighted_distances
 from cryoai_core.models.forward_model import render
-from cryoai_core.train.score import junk_weights, log_likelihood_ratios, noise_variance
+from cryoai_core.train.score import junk_weighted_loss, junk_weights, log_likelihood_ratios, noise_variance
 from search_problem import BOX, Problem, make_search
 
 
@@ -66,6 +66,39 @@ def test_junk_weights_drop_pure_noise_images_and_keep_particles():
     assert weights[24:].max() < 0.1
     # A map that explains nothing yet (the noise images alone) weighs every image alike.
     assert torch.all(junk_weights(distances[24:], energies[24:], 0.5) == 1.0)
+
+
+def test_junk_weighted_loss_over_two_shards_equals_one_batch():
+    """Two ranks holding halves of a batch give, averaged as DDP averages them, the loss and gradient of one
+    process with the whole batch; each shard weighted by its own median would not."""
+    generator = torch.Generator().manual_seed(4)
+    energies = torch.rand(16, generator=generator) + 1.0
+    distances = energies * torch.cat([0.1 + 0.1 * torch.rand(10, generator=generator),  # particles, rank 0
+                                      0.9 + 0.2 * torch.rand(6, generator=generator)])  # rank 1: mostly junk
+    distances = distances.requires_grad_(True)
+    whole = junk_weighted_loss(distances, energies, 0.5)
+    (whole_gradient,) = torch.autograd.grad(whole, distances)
+    weights = junk_weights(distances, energies, 0.5)
+    torch.testing.assert_close(whole, (weights * distances).sum() / weights.sum())
+
+    shards = [slice(0, 8), slice(8, 16)]
+    # What the other rank contributes to each gather, in call order: its gains, then its weights.
+    contributions = [[(energies - distances).detach()[shard], weights.detach()[shard]] for shard in shards]
+    losses, gradients = [], []
+    for rank, shard in enumerate(shards):
+        calls = iter(contributions[1 - rank])
+
+        def gather(tensor, rank=rank, calls=calls):
+            parts = [tensor.detach(), next(calls)]
+            return torch.cat(parts if rank == 0 else parts[::-1])
+
+        loss = junk_weighted_loss(distances[shard], energies[shard], 0.5, gather)
+        losses.append(loss)
+        gradients.append(torch.autograd.grad(loss, distances)[0])
+    torch.testing.assert_close(sum(losses) / 2, whole)
+    torch.testing.assert_close(sum(gradients) / 2, whole_gradient)
+    own_medians = sum(junk_weighted_loss(distances[shard], energies[shard], 0.5) for shard in shards) / 2
+    assert abs(float((own_medians - whole).detach())) > 1e-3
 
 
 def test_roc_auc_and_noise_estimate_on_known_values():

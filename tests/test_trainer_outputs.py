@@ -128,3 +128,11 @@ def test_pose_export_prints_progress_lines_on_stdout(dataset, monkeypatch, capsy
     assert [line.split(" | ")[0] for line in lines] == [
         f"progress: predict poses {done}/64 ({100 * done // 64}%)" for done in (16, 32, 48, 64)]
     assert "done in" in lines[-1] and "ETA" in lines[0]
+
+
+def test_a_long_pass_hands_freed_memory_back_every_so_many_batches(monkeypatch):
+    released = []
+    monkeypatch.setattr(progress, "release_freed_memory", lambda: released.append(True))
+    starts = range(0, 1000 * 7, 7)
+    assert list(progress.progress_batches(starts, "pass", bar=False, lines=False)) == list(starts)
+    assert len(released) == 1000 // progress.RELEASE_EVERY_BATCHES

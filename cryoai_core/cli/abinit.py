@@ -114,6 +114,7 @@ def build_config(args, table, device: str):
 
 def validate_abinit(args) -> tuple:
     """Check every option and input without writing anything; return ``(table, config, checkpoint or None)``."""
+    from cryoai_core.allocator import release_freed_memory
     from cryoai_core.ctf_ranges import check_ctf_parameters
     from cryoai_core.io.content_checks import check_particle_images
     from cryoai_core.io.readers import read_particles
@@ -141,6 +142,7 @@ def validate_abinit(args) -> tuple:
         state = read_checkpoint(os.path.join(args.outdir, CHECKPOINT_NAME))
         check_resume(state["config"], config, args.outdir)
     check_particle_images(table, args.particles)
+    release_freed_memory()  # the checks' temporaries, kept by the allocator (cryoai_core/allocator.py)
     return table, config, state
 
 

@@ -51,6 +51,7 @@ def matching_box(config, table) -> int:
 def validate_predict_poses(args) -> tuple:
     """Check every option and input without writing anything; return ``(state, config, table, box, device)``."""
     from cryoai_core.cli.abinit import resolve_device
+    from cryoai_core.allocator import release_freed_memory
     from cryoai_core.ctf_ranges import check_ctf_parameters
     from cryoai_core.io.content_checks import check_particle_images
     from cryoai_core.io.readers import read_particles
@@ -80,6 +81,7 @@ def validate_predict_poses(args) -> tuple:
     check_ctf_parameters(table.ctf, args.particles)
     box = matching_box(config, table)
     check_particle_images(table, args.particles)
+    release_freed_memory()  # the checks' temporaries, kept by the allocator (cryoai_core/allocator.py)
     return state, config, table, box, device
 
 

@@ -253,4 +253,5 @@ def wrap(learner, cluster: Cluster) -> None:
                                                       forward_sync_buffers=False)
                         for name in ("encoder", "decoder")}
     learner.gather = cluster.gather
+    learner.rank_and_world_size = (cluster.rank, cluster.world_size)
     _wrapped_learners.append(learner)

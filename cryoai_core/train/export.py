@@ -17,7 +17,7 @@ from cryoai_core.recentre import centred_on_average, density_centre_px, recentre
 from cryoai_core.rotations import geodesic_angle, matrix_to_euler
 from cryoai_core.train.distributed import Cluster
 from cryoai_core.train.progress import progress_batches
-from cryoai_core.train.score import SCORE_COLUMN, log_likelihood_ratios
+from cryoai_core.train.score import SCORE_COLUMN, noise_variance, scores_from_gains
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +127,10 @@ def predict_all_poses(learner, dataset: ParticleDataset, normalization_std: floa
 class ScoredPoses:
     """Poses and scores of ``N`` particles, spilled to a temporary file and read back a chunk at a time.
 
-    Only ``N`` scalars per quantity stay in memory (the fit terms and the angle moved by refinement,
-    needed whole for the score's noise level); the poses themselves (5 float64 per particle) wait in an
-    unnamed temporary file until they are written to the star file.
+    Only three float32 per particle stay in memory (the fit terms and the angle moved by refinement, needed
+    whole for the score's noise level and the log line); the poses themselves (5 float64 per particle) wait
+    in an unnamed temporary file until they are written to the star file, and the scores are computed a
+    chunk at a time as they are read back.
     """
 
     def __init__(self, count: int, folder: str | None = None):
@@ -137,8 +138,8 @@ class ScoredPoses:
         self.spill = tempfile.TemporaryFile(dir=folder)
         self.distances = np.empty(count, dtype=np.float32)
         """``(N,)`` loss distance of each image to the map at its pose (full radius)."""
-        self.energies = np.empty(count, dtype=np.float32)
-        """``(N,)`` distance of each image to an empty prediction."""
+        self.gains = np.empty(count, dtype=np.float32)
+        """``(N,)`` image power the map explains at the pose: distance to an empty prediction − distance."""
         self.moved_degrees = np.empty(count, dtype=np.float32)
         """``(N,)`` angle between each exported pose and the encoder's own (0 without refinement)."""
         self.total_weight = float("nan")
@@ -146,6 +147,7 @@ class ScoredPoses:
         self.shown_rotations = []
         """``(3, 3)`` rotations of every ``stride``-th particle, for ``poses.png``."""
         self.stride = -(-count // POSE_PLOT_MAX)
+        self._variance = None
 
     def add(self, start: int, rotations: torch.Tensor, origins_angstrom: torch.Tensor, encoded: torch.Tensor,
             distances: torch.Tensor, energies: torch.Tensor) -> None:
@@ -156,30 +158,36 @@ class ScoredPoses:
         poses = torch.cat([matrix_to_euler(rotations), origins_angstrom.double().cpu()], dim=1)
         self.spill.write(np.ascontiguousarray(poses.numpy(), dtype=np.float64).tobytes())
         self.distances[chunk] = distances.float().cpu().numpy()
-        self.energies[chunk] = energies.float().cpu().numpy()
+        self.gains[chunk] = (energies.double() - distances.double()).float().cpu().numpy()
         self.moved_degrees[chunk] = torch.rad2deg(geodesic_angle(rotations, encoded.double().cpu())).numpy()
         self.shown_rotations.append(rotations[(torch.arange(chunk.start, chunk.stop) % self.stride) == 0].float())
+        self._variance = None
 
-    @property
-    def scores(self) -> np.ndarray:
-        """``(N,)`` per-particle log-likelihood ratios against noise alone, nats."""
-        return log_likelihood_ratios(self.distances, self.energies, self.total_weight)
+    def variance(self) -> float:
+        """The score's noise level: the median distance over every particle (computed once)."""
+        if self._variance is None:
+            self._variance = noise_variance(self.distances)
+        return self._variance
+
+    def scores(self, rows: slice = slice(None)) -> np.ndarray:
+        """Per-particle log-likelihood ratios against noise alone (nats) of ``rows`` (default: all)."""
+        return scores_from_gains(self.gains[rows], self.total_weight, self.variance())
 
     def chunks(self, rows: int = STAR_CHUNK_ROWS):
         """``(start, euler_angles_degrees (b, 3), origins_angstrom (b, 2), {SCORE_COLUMN: (b,)})`` in order,
         for :func:`~cryoai_core.io.star.write_star`."""
-        scores = self.scores
         self.spill.seek(0)
         for start in range(0, self.count, rows):
             stop = min(start + rows, self.count)
             poses = np.frombuffer(self.spill.read((stop - start) * 5 * 8), dtype=np.float64).reshape(-1, 5)
-            yield start, poses[:, :3], poses[:, 3:], {SCORE_COLUMN: scores[start:stop]}
+            yield start, poses[:, :3], poses[:, 3:], {SCORE_COLUMN: self.scores(slice(start, stop))}
 
     def log(self) -> None:
-        """One log line: how far the exported poses are from the encoder's own, and the score's spread."""
-        scores = self.scores
+        """One log line: how far the exported poses are from the encoder's own, and the score's spread (the
+        score is increasing and affine in the gain, so its quantiles are those of the gains)."""
+        median, fifth = scores_from_gains(np.percentile(self.gains, [50, 5]), self.total_weight, self.variance())
         logger.info("poses: median %.1f° from the encoder's own; score (nats) median %.1f, 5th percentile %.1f",
-                    float(np.median(self.moved_degrees)), float(np.median(scores)), float(np.percentile(scores, 5)))
+                    float(np.median(self.moved_degrees)), median, fifth)
 
     def close(self) -> None:
         self.spill.close()

@@ -41,7 +41,7 @@ from cryoai_core.rotations import compose_in_plane_180, compose_in_plane_quarter
 from cryoai_core.train.config import TrainConfig
 from cryoai_core.train.loss import symmetrized_loss, weighted_distances
 from cryoai_core.train.pose_memory import PoseMemory
-from cryoai_core.train.score import junk_weights
+from cryoai_core.train.score import junk_weighted_loss
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,9 @@ class CryoAILearner(torch.nn.Module):
         """DDP wrappers of the networks under torch.distributed (see ``train/distributed.py``), by name."""
         self.gather = _local
         """Concatenates a per-image tensor over the ranks (identity on one process)."""
+        self.rank_and_world_size = (0, 1)
+        """This process's rank and the number of ranks (torch.distributed), for random draws made per global
+        batch: every rank draws the whole batch's values and keeps its shard, as one process would."""
 
     @property
     def agreement_degrees(self) -> float:
@@ -279,7 +282,9 @@ class CryoAILearner(torch.nn.Module):
         """``(turns (B,), (rotations, origins_angstrom))``: the encoder's output on the images turned by random
         quarter turns (``bootstrap.quarter_turns``; else no turns), in the turned frame."""
         if self.config.bootstrap.quarter_turns:
-            turns = torch.randint(4, (len(images),), device=images.device)
+            rank, world_size = self.rank_and_world_size  # the global batch's draw, this rank's share of it
+            count = len(images)
+            turns = torch.randint(4, (count * world_size,), device=images.device)[rank * count:(rank + 1) * count]
             images = rotate_quarter_turns_in_plane(images, turns)
         else:
             turns = torch.zeros(len(images), dtype=torch.long, device=images.device)
@@ -300,8 +305,7 @@ class CryoAILearner(torch.nn.Module):
         distances = weighted_distances(predicted, targets, disk.weights)
         if self.config.junk_weighting > 0:
             energies = weighted_distances(torch.zeros_like(targets), targets, disk.weights)
-            weights = junk_weights(distances, energies, self.config.junk_weighting)
-            decoder_loss = (weights * distances).sum() / weights.sum()
+            decoder_loss = junk_weighted_loss(distances, energies, self.config.junk_weighting, self.gather)
         else:
             decoder_loss = distances.mean()
         self._optimizer_step(self.decoder_optimizer, self.decoder.parameters(), decoder_loss)
