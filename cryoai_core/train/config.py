@@ -303,7 +303,7 @@ class TrainConfig:
                                               "benchmarks/ablation_refine.py) or 'encoder' (the paper)",
                                    choices=AMORTIZED_POSES)
     invert_contrast: bool = setting(False, "invert the images (use when particles are dark on a bright background)")
-    junk_weighting: float = setting(0.0, "down-weight, in the map's loss of the search-driven phases, images that "
+    junk_weighting: float = setting(0.5, "down-weight, in the map's loss of the search-driven phases, images that "
                                          "the map explains less than this fraction as well as the batch's median "
                                          "image (pure-noise junk; train/score.py); 0 turns it off")
     seed: int = setting(0, "random seed")
