@@ -8,7 +8,8 @@ pages: at 64 px the kernel's share of a step's CPU time was about as large as th
 never trim it, so a step reuses the pages of the previous one. The process keeps its peak until it exits,
 and the heap may grow for a few steps before freed holes merge into blocks that fit the next aligned request
 (``benchmarks/README.md``, "Peak memory with the malloc settings"). Work that frees a lot once and will
-not reuse it (the parse of a large star file) hands it back with :func:`release_freed_memory`.
+not reuse it hands it back with :func:`release_freed_memory`: the commands' input checks (the star
+file's parse included) and every pass over the particles (``train/progress.py``).
 """
 import ctypes
 import ctypes.util

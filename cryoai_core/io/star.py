@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 from starfile.writer import StarWriter
 
-from cryoai_core.allocator import release_freed_memory
 from cryoai_core.io.atomic import atomic_open
 from cryoai_core.io.mrc import common_box, locate_stack
 from cryoai_core.io.particles import ParticleTable
@@ -82,7 +81,6 @@ def read_star(path: str, root: str | None = None, poses: bool = True) -> Particl
     ctf = ctf_from_columns(merged, path, release=True)
     angles, origins = poses_from_columns(merged, pixel_size, path, release=True)
     extra = {name: values for name, values in particles.items() if name not in GEOMETRY_COLUMNS}
-    release_freed_memory()  # the parse's chunks: freed, but kept by the allocator (cryoai_core/allocator.py)
     logger.info("%s: %d particles in %d stack(s), box %d, %.4g Å/px, CTF %s, poses %s", path, len(stack_ids),
                 len(stack_files), box, pixel_size, "yes" if ctf is not None else "no",
                 "yes" if angles is not None else "no" if poses else "not read")
