@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from cryoai_core.io.particles import CTF_FIELDS
+from cryoai_core.io.ctf_table import CTF_FIELDS
 
 def electron_wavelength_angstrom(voltage_kv):
     """Relativistic electron wavelength in Å for an acceleration voltage in kV (float, array or tensor)."""

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 
 from cryoai_core.errors import InputError
-from cryoai_core.io.particles import CTF_FIELDS
+from cryoai_core.io.ctf_table import CTF_FIELDS, CtfTable
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ def _largest_magnitude(values: np.ndarray) -> float:
     return max(float(values.max()), -float(values.min())) if len(values) else 0.0
 
 
-def check_ctf_parameters(ctf: np.ndarray, source: str) -> list:
-    """Check ``(N, 8)`` CTF parameters (:data:`CTF_FIELDS` order) of the particles read from ``source``.
+def check_ctf_parameters(ctf, source: str) -> list:
+    """Check the ``(N, 8)`` CTF parameters (a :class:`CtfTable`, or an array in :data:`CTF_FIELDS` order) of
+    the particles read from ``source``.
 
     Raises:
         InputError: a non-finite value, voltage ≤ 0 or ≥ 3000 kV, |Cs| ≥ 20 mm, amplitude contrast
@@ -53,8 +54,8 @@ def check_ctf_parameters(ctf: np.ndarray, source: str) -> list:
         every defocus negative (overfocus: a sign convention mix-up?), median |defocus| below 0.1 µm or
         above 10 µm.
     """
-    ctf = np.asarray(ctf, dtype=np.float64)
-    columns = dict(zip(CTF_FIELDS, ctf.T))
+    ctf = CtfTable.from_array(ctf)
+    columns = {name: ctf.column(index) for index, name in enumerate(CTF_FIELDS)}
     for name, values in columns.items():
         if not np.isfinite(values).all():
             bad = np.flatnonzero(~np.isfinite(values))

@@ -25,7 +25,8 @@ import torch
 from cryoai_core.ctf import CTFParams, compute_ctf
 from cryoai_core.fourier import crop_or_pad_real, fft2_centered, frequency_grid_2d, ifft2_centered, \
     origin_phase, resample_volume
-from cryoai_core.io.particles import CTF_FIELDS, ParticleTable
+from cryoai_core.io.ctf_table import CTF_FIELDS
+from cryoai_core.io.particles import ParticleTable
 from cryoai_core.io.pose_tables import DefocusTable, PoseTable, read_defocus_table, read_pose_table
 from cryoai_core.provenance import save_config
 from cryoai_core.rotations import matrix_to_euler, random_rotations

@@ -88,7 +88,7 @@ def _star_ctf(column, value, count=None):
     """A copy of the simulated star with CTF column ``column`` set to ``value`` (for the first ``count``)."""
     def make(base, work):
         table = read_star(base["star"])
-        ctf = table.ctf.copy()
+        ctf = np.array(table.ctf)
         ctf[:count, column] = value
         path = os.path.join(work, "bad_ctf.star")
         write_star(path, dataclasses.replace(table, ctf=ctf))

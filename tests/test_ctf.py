@@ -6,7 +6,7 @@ import torch
 
 from cryoai_core.ctf import CTFParams, compute_ctf, electron_wavelength_angstrom
 from cryoai_core.fourier import frequency_grid_2d
-from cryoai_core.io.particles import CTF_FIELDS
+from cryoai_core.io.ctf_table import CTF_FIELDS
 
 
 def params(defocus_u, defocus_v, angle, voltage=300.0, cs=2.7, w=0.1, phase=0.0, bfactor=0.0) -> CTFParams:

@@ -265,6 +265,13 @@ def test_several_optics_groups_merge_per_particle(stacks):
     table = read_star(write_text(stacks / "groups.star", relion31(NAMES, groups=[2, 1, 2], voltages=(300.0, 200.0))))
     np.testing.assert_allclose(table.ctf[:, 3], [200.0, 300.0, 200.0])
     assert "rlnVoltage" not in table.optics
+    assert not table.ctf.is_constant(3) and table.ctf.is_constant(4)  # two voltages, one Cs
+
+
+def test_one_optics_groups_constants_are_held_once(stacks):
+    table = read_star(write_text(stacks / "one.star", relion31(NAMES)))
+    assert [table.ctf.is_constant(index) for index in range(8)] == [False] * 3 + [True] * 5
+    assert table.ctf.nbytes == 3 * 8 * len(NAMES) + 5 * 8
 
 
 def test_unknown_extension_is_rejected(tmp_path):

@@ -30,7 +30,8 @@ import os
 import numpy as np
 
 from cryoai_core.io.mrc import common_box, locate_stack
-from cryoai_core.io.particles import CTF_FIELDS, ParticleTable, uniform_pixel_size
+from cryoai_core.io.ctf_table import CtfTable, compact_column
+from cryoai_core.io.particles import ParticleTable, uniform_pixel_size
 from cryoai_core.relion_euler import matrix_to_euler
 
 logger = logging.getLogger(__name__)
@@ -139,17 +140,21 @@ def _pixel_size(records: np.ndarray, path: str) -> float:
     return uniform_pixel_size(records["blob/psize_A"], f"{path} (blob/psize_A)")
 
 
-def ctf_from_records(records: np.ndarray, path: str) -> np.ndarray | None:
-    """``(N, 8)`` CTF in :data:`CTF_FIELDS` order from ``.cs`` records, ``None`` if a required field is missing."""
+def ctf_from_records(records: np.ndarray, path: str) -> CtfTable | None:
+    """``(N, 8)`` CTF in :data:`CTF_FIELDS` order (a compact :class:`CtfTable`)
+    from ``.cs`` records, ``None`` if a required field is missing."""
     fields = records.dtype.names
     missing = [name for name, _ in CTF_FIELD_SOURCES if name not in fields and name not in OPTIONAL_CTF_FIELDS]
     if missing:
         logger.info("%s has no CTF (missing %s)", path, ", ".join(missing))
         return None
-    ctf = np.zeros((len(records), len(CTF_FIELDS)))
-    for index, (name, factor) in enumerate(CTF_FIELD_SOURCES):
-        if name in fields:
-            ctf[:, index] = np.asarray(records[name], dtype=np.float64).reshape(-1) * factor
-    if not np.isfinite(ctf).all():
-        raise ValueError(f"{path}: the CTF fields hold NaN or infinite values")
-    return ctf
+    columns = []
+    for name, factor in CTF_FIELD_SOURCES:
+        if name not in fields:
+            columns.append(0.0)
+            continue
+        column = np.asarray(records[name], dtype=np.float64).reshape(-1) * factor
+        if not np.isfinite(column).all():
+            raise ValueError(f"{path}: the CTF fields hold NaN or infinite values ({name})")
+        columns.append(compact_column(column))
+    return CtfTable(columns, len(records))

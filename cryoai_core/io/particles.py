@@ -9,10 +9,7 @@ import dataclasses
 
 import numpy as np
 
-CTF_FIELDS = ("defocus_u_angstrom", "defocus_v_angstrom", "defocus_angle_degrees", "voltage_kv",
-              "spherical_aberration_mm", "amplitude_contrast", "phase_shift_degrees", "bfactor_angstrom2")
-"""Column order of the ``(N, 8)`` CTF parameter arrays (tables, data sets, trainer)."""
-
+from cryoai_core.io.ctf_table import CtfTable
 
 PIXEL_SIZE_RELATIVE_TOLERANCE = 1e-4
 """Per-particle pixel sizes that differ by more than this fraction of the largest are refused."""
@@ -43,7 +40,8 @@ class ParticleTable:
         image_indices: ``(N,)`` int64, 0-based image index inside its stack.
         pixel_size_angstrom: pixel size of the images (one value for the whole set).
         box: image side in pixels (one value for the whole set).
-        ctf: ``(N, 8)`` float64 in :data:`CTF_FIELDS` order, or ``None`` when the input had no CTF.
+        ctf: ``(N, 8)`` float64 CTF parameters as a compact :class:`~cryoai_core.io.ctf_table.CtfTable` (an
+            array given here is made one), or ``None`` when the input had no CTF.
         euler_angles_degrees: ``(N, 3)`` RELION ``(rot, tilt, psi)``, or ``None`` when poses are unknown.
         origins_angstrom: ``(N, 2)`` RELION ``(originX, originY)`` in Å, or ``None``.
         extra_columns: other per-particle columns read from the input (RELION names), kept for writing.
@@ -55,7 +53,7 @@ class ParticleTable:
     image_indices: np.ndarray
     pixel_size_angstrom: float
     box: int
-    ctf: np.ndarray | None = None
+    ctf: CtfTable | None = None
     euler_angles_degrees: np.ndarray | None = None
     origins_angstrom: np.ndarray | None = None
     extra_columns: dict = dataclasses.field(default_factory=dict)
@@ -65,6 +63,8 @@ class ParticleTable:
         count = len(self.stack_ids)
         if len(self.image_indices) != count:
             raise ValueError("stack_ids and image_indices differ in length")
+        if self.ctf is not None and not isinstance(self.ctf, CtfTable):
+            object.__setattr__(self, "ctf", CtfTable.from_array(self.ctf))
         for name in ("ctf", "euler_angles_degrees", "origins_angstrom"):
             value = getattr(self, name)
             if value is not None and len(value) != count:
@@ -92,8 +92,8 @@ class ParticleTable:
 
         return dataclasses.replace(
             self, stack_ids=self.stack_ids[indices], image_indices=self.image_indices[indices],
-            ctf=pick(self.ctf), euler_angles_degrees=pick(self.euler_angles_degrees),
-            origins_angstrom=pick(self.origins_angstrom),
+            ctf=None if self.ctf is None else self.ctf.take(indices),
+            euler_angles_degrees=pick(self.euler_angles_degrees), origins_angstrom=pick(self.origins_angstrom),
             extra_columns={key: value[indices] for key, value in self.extra_columns.items()})
 
     def without_poses(self) -> "ParticleTable":

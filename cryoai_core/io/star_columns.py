@@ -12,7 +12,8 @@ import mrcfile
 import numpy as np
 import pandas as pd
 
-from cryoai_core.io.particles import CTF_FIELDS, uniform_pixel_size
+from cryoai_core.io.ctf_table import CtfTable, compact_column
+from cryoai_core.io.particles import uniform_pixel_size
 from cryoai_core.io.star_parser import block_rows
 
 logger = logging.getLogger(__name__)
@@ -143,10 +144,11 @@ def _release(merged: Mapping, name: str, release: bool) -> None:
         merged.release(name)
 
 
-def ctf_from_columns(merged: Mapping, path: str, release: bool = False) -> np.ndarray | None:
-    """``(N, 8)`` CTF in :data:`CTF_FIELDS` order from merged star columns (a mapping such as a DataFrame or
-    :class:`MergedColumns`), ``None`` if a required one is missing. With ``release``, each column of a
-    :class:`MergedColumns` is dropped as soon as it is copied (the table and its columns never coexist)."""
+def ctf_from_columns(merged: Mapping, path: str, release: bool = False) -> CtfTable | None:
+    """``(N, 8)`` CTF in :data:`CTF_FIELDS` order, as a compact :class:`CtfTable`, from merged star columns
+    (a mapping such as a DataFrame or :class:`MergedColumns`), ``None`` if a required one is missing. With
+    ``release``, each column of a :class:`MergedColumns` is dropped as soon as it is copied (the table and
+    its columns never coexist); a column of equal values is kept as one number."""
     missing = [name for name in REQUIRED_CTF_COLUMNS if name not in merged]
     if missing:
         logger.info("%s has no CTF (missing %s)", path, ", ".join(missing))
@@ -154,15 +156,19 @@ def ctf_from_columns(merged: Mapping, path: str, release: bool = False) -> np.nd
     text = [name for name in CTF_COLUMNS if name in merged and _is_text(merged[name])]
     if text:
         raise ValueError(f"{path}: column(s) {', '.join(text)} hold non-numeric values")
-    ctf = np.zeros((_rows(merged), len(CTF_FIELDS)), order="F")  # filled a column at a time
-    for index, name in enumerate(CTF_COLUMNS):
-        if name in merged:
-            ctf[:, index] = merged[name]
-            _release(merged, name, release)
-    bad = ~np.isfinite(ctf).all(axis=0)
-    if bad.any():
-        raise ValueError(f"{path}: column(s) {', '.join(np.array(CTF_COLUMNS)[bad])} hold non-numeric values")
-    return ctf
+    columns, bad = [], []
+    for name in CTF_COLUMNS:
+        if name not in merged:
+            columns.append(0.0)
+            continue
+        column = merged[name]
+        if not np.isfinite(column).all():
+            bad.append(name)
+        columns.append(compact_column(column))
+        _release(merged, name, release)
+    if bad:
+        raise ValueError(f"{path}: column(s) {', '.join(bad)} hold non-numeric values")
+    return CtfTable(columns, _rows(merged))
 
 
 def poses_from_columns(merged: Mapping, pixel_size: float, path: str = "star file", release: bool = False):
