@@ -100,13 +100,12 @@ class CtfTable:
             rows, columns = key
         else:
             rows, columns = key, slice(None)
-        chosen = np.arange(FIELD_COUNT)[columns]
         if isinstance(rows, numbers.Integral):
             if not -self._count <= rows < self._count:
                 raise IndexError(f"particle {rows} is out of range for {self._count} particles")
-            values = np.array([float(self._columns[index][rows] if self._columns[index].ndim else
-                                     self._columns[index]) for index in np.atleast_1d(chosen)])
-            return values if np.ndim(chosen) else values[0]
+            row = int(rows) % self._count
+            return self[row:row + 1, columns][0]
+        chosen = np.arange(FIELD_COUNT)[columns]
         rows, count = self._rows(rows)
         out = np.empty((count, np.size(chosen)))
         for place, index in enumerate(np.atleast_1d(chosen)):
