@@ -77,6 +77,24 @@ def test_predict_poses_reuses_the_trained_encoder(simulated, trained, tmp_path):
     np.testing.assert_allclose(predicted.origins_angstrom, reference.origins_angstrom, atol=1e-3)
 
 
+def test_predict_poses_does_not_hold_the_training_pose_memory(simulated, trained, tmp_path):
+    """The checkpoint keeps every training particle's best pose; prediction needs none of them (N x ~45 B)."""
+    import argparse
+
+    from cryoai_core.cli.predict_poses import add_args, validate_predict_poses
+    from cryoai_core.train.checkpoint import read_checkpoint
+
+    checkpoint = os.path.join(trained, "checkpoint.pt")
+    assert read_checkpoint(checkpoint)["learner"]["memory"] is not None
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    args = parser.parse_args(["--checkpoint", checkpoint, os.path.join(simulated, "particles.star"),
+                              "-o", str(tmp_path / "predicted.star")])
+    state = validate_predict_poses(args)[0]
+    assert state["learner"]["memory"] is None
+    assert state["encoder"] and state["decoder"]
+
+
 def test_exported_star_has_a_finite_per_particle_score(trained):
     table = read_star(os.path.join(trained, "particles.star"))
     scores = np.asarray(table.extra_columns[SCORE_COLUMN], dtype=np.float64)

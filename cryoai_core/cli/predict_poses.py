@@ -70,6 +70,8 @@ def validate_predict_poses(args) -> tuple:
         raise CommandError(f"cannot write {args.output}: {folder} is not a writable folder")
     device = resolve_device(args.device)
     state = read_checkpoint(args.checkpoint)
+    # The training particles' pose memory (~45 B per particle) is of no use here: released before the table is read.
+    state["learner"]["memory"] = None
     config = config_from_checkpoint(state, device=device)
     normalization = state["progress"].get("normalization")
     if not (isinstance(normalization, (list, tuple)) and len(normalization) == 2 and normalization[1] > 0):
