@@ -1,4 +1,5 @@
 """`cryoai abinit` / `cryoai predict-poses` end to end on a tiny simulated set, and their input checks."""
+import argparse
 import json
 import os
 
@@ -8,9 +9,11 @@ import pytest
 
 from cryoai_core.cli import main
 from cryoai_core.cli.evaluate import evaluate_map, evaluate_poses
+from cryoai_core.cli.predict_poses import add_args, validate_predict_poses
 from cryoai_core.io.star import read_star
 from cryoai_core.reconstruct import SUBSET_COLUMN
 from cryoai_core.recentre import density_centre_px
+from cryoai_core.train.checkpoint import read_checkpoint
 from cryoai_core.train.config import HalfMapConfig
 from cryoai_core.train.score import SCORE_COLUMN
 
@@ -79,11 +82,6 @@ def test_predict_poses_reuses_the_trained_encoder(simulated, trained, tmp_path):
 
 def test_predict_poses_does_not_hold_the_training_pose_memory(simulated, trained, tmp_path):
     """The checkpoint keeps every training particle's best pose; prediction needs none of them (N x ~45 B)."""
-    import argparse
-
-    from cryoai_core.cli.predict_poses import add_args, validate_predict_poses
-    from cryoai_core.train.checkpoint import read_checkpoint
-
     checkpoint = os.path.join(trained, "checkpoint.pt")
     assert read_checkpoint(checkpoint)["learner"]["memory"] is not None
     parser = argparse.ArgumentParser()
