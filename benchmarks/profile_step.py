@@ -39,7 +39,7 @@ def main() -> None:
     predicting = args.phase.startswith("predict")
     batch_size = args.batch_size or (256 if predicting else 128)
     learner = _learner(args.box, batch_size, "cpu", "refined" if args.phase in ("refined", "predict_refine")
-                       else "encoder")
+                       else "encoder", {})
     images, ctf = _batch(args.box, batch_size, "cpu")
     generator = torch.Generator().manual_seed(0)
 

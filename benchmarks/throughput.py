@@ -11,10 +11,13 @@ Phases measured per box:
 * ``predict_refine``: ``predict-poses --refine`` (the default after a refined run): the same plus the local
   refinement and the global search against the cached map.
 
-Training steps are timed over ``--steps`` steps after one warm-up step, so that with the default (10 =
-``search.grid_refresh_steps``) every rebuild of the cached map and every global search of the refined phase
-is counted at its real rate. Random images stand in for particles (the cost of a step does not depend on
-their content). On CUDA the peak is ``torch.cuda.max_memory_allocated``; on CPU the process's peak resident
+Training steps are timed over ``--steps`` steps after ``--warmup-steps`` untimed ones, so that with the default
+(20, a multiple of ``search.grid_refresh_steps`` = 10 and ``search.global_every`` = 4) every rebuild of the cached
+map and every global search of the refined phase is counted at its real rate (10 steps before 2026-12-04: one
+global search in five was missed). Three warm-up steps (one before 2026-12-04: the lines without ``warmup_steps``) let
+the heap settle under the malloc settings (``cryoai_core/allocator.py``): a process's first steps still fault in
+the pages of blocks it has not freed yet, a cost paid once per run, not per step. Random images stand in for
+particles (the cost of a step does not depend on their content). On CUDA the peak is ``torch.cuda.max_memory_allocated``; on CPU the process's peak resident
 set size.
 
 Wall-clock figures depend on what else runs on the machine; ``images_per_cpu_s_*`` divide by the process's
@@ -59,15 +62,17 @@ def _batch(box: int, batch_size: int, device: str) -> tuple:
     return images, ctf
 
 
-def measure_training(box: int, phase: str, batch_size: int, steps: int, device: str, settings: dict) -> tuple:
+def measure_training(box: int, phase: str, batch_size: int, steps: int, device: str, settings: dict,
+                     warmup_steps: int = 3) -> tuple:
     """``(images per wall-clock second, images per process CPU second)`` of training steps of ``phase``."""
     learner = _learner(box, batch_size, device, "refined" if phase == "refined" else "encoder", settings)
     images, ctf = _batch(box, batch_size, device)
     generator = torch.Generator().manual_seed(0)
     progress = learner.config.schedule.marching_fraction
     mode = "bootstrap" if phase == "bootstrap" else "amortized"
-    learner.phase = mode
-    learner.step(images, ctf, progress, generator)
+    for _ in range(warmup_steps):
+        learner.phase = mode
+        learner.step(images, ctf, progress, generator)
     _sync(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
@@ -141,7 +146,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="training images per step")
     parser.add_argument("--predict-batch-size", type=int, default=256,
                         help="images per prediction batch (predict-poses' default)")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps (after the warm-up steps)")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="untimed training steps first")
     parser.add_argument("--predict-batches", type=int, default=4, help="timed prediction batches")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
@@ -161,6 +167,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     figures = {"benchmark": "throughput", "code": code_version(), "device": args.device,
                "batch_size": args.batch_size, "predict_batch_size": args.predict_batch_size, "steps": args.steps,
+               "warmup_steps": args.warmup_steps,
                "threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 2),
                "malloc_retains_freed_memory": retained,
                "encoder_inference_dtype": _encoder_inference_dtype(args.device)}
@@ -174,7 +181,8 @@ def main() -> None:
                 rate = measure_prediction(box, phase == "predict_refine", args.predict_batch_size,
                                           args.predict_batches, args.device, settings)
             else:
-                rate = measure_training(box, phase, args.batch_size, args.steps, args.device, settings)
+                rate = measure_training(box, phase, args.batch_size, args.steps, args.device, settings,
+                                        args.warmup_steps)
             figures[f"images_per_s_{phase}_L{box}"] = round(rate[0], 1)
             figures[f"images_per_cpu_s_{phase}_L{box}"] = round(rate[1], 1)
     figures["load_average_1min_end"] = round(os.getloadavg()[0], 2)

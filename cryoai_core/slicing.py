@@ -33,6 +33,12 @@ def trilinear_apodization(box: int, padded_box: int, dtype, device) -> torch.Ten
     return weight[:, None, None] * weight[None, :, None] * weight[None, None, :]
 
 
+def _evaluate(function, coords: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``function`` on ``coords`` ``(P, 3)``, ``chunk`` points at a time: complex64 ``(P,)``."""
+    parts = coords.split(chunk) if len(coords) else (coords,)
+    return torch.cat([function(part).to(torch.complex64) for part in parts])
+
+
 class FourierGrid:
     """Complex values on a centred cubic Fourier grid, sampled anywhere by trilinear interpolation.
 
@@ -54,17 +60,21 @@ class FourierGrid:
     @classmethod
     @torch.no_grad()
     def from_function(cls, function, size: int, spacing: float, radius: float, device=None,
-                      hermitian: bool = False) -> "FourierGrid":
+                      hermitian: bool = False, chunk: int = 65536) -> "FourierGrid":
         """Evaluate ``function`` (coords ``(P, 3)`` -> complex ``(P,)``) on the grid points within ``radius``.
 
         ``hermitian``: ``function(-k) = conj(function(k))`` holds exactly (the transform of a real map, as
         FourierNet builds it), so only half of the points are evaluated and the others are their mirrors'
-        conjugates. On a grid of even size the first plane of each axis has no mirror and is evaluated too."""
+        conjugates. On a grid of even size the first plane of each axis has no mirror and is evaluated too.
+
+        ``function`` is called on at most ``chunk`` points at a time: a network's activations on every point of
+        the ball at once would be blocks of hundreds of MiB that no block freed by a training step can hold, so
+        each refresh would grow the heap (``cryoai_core/allocator.py``) and fault in fresh pages."""
         coords = frequency_grid_3d(size, device=device) * (size * spacing)
         inside = torch.linalg.vector_norm(coords, dim=-1) <= radius
         values = torch.zeros(coords.shape[:-1], dtype=torch.complex64, device=device)
         if not hermitian:
-            values[inside] = function(coords[inside]).to(torch.complex64)
+            values[inside] = _evaluate(function, coords[inside], chunk)
             return cls(values, spacing)
         # Indices first.. of every axis pair i with 2 (size // 2) - i: on the flattened sub-cube, a with n - 1 - a.
         first = 1 - size % 2
@@ -73,7 +83,7 @@ class FourierGrid:
         mirrored[first:, first:, first:] = (torch.arange(count, device=device) >= (count + 1) // 2).reshape(
             (size - first,) * 3)
         evaluated = inside & ~mirrored
-        values[evaluated] = function(coords[evaluated]).to(torch.complex64)
+        values[evaluated] = _evaluate(function, coords[evaluated], chunk)
         cube = values[first:, first:, first:]
         cube[mirrored[first:, first:, first:]] = cube.flip(0, 1, 2).conj()[mirrored[first:, first:, first:]]
         return cls(values, spacing)

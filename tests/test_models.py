@@ -130,6 +130,20 @@ def test_sine_layer_is_the_sine_of_omega_times_the_affine_map_with_the_same_grad
         torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=0)
 
 
+def test_sine_layer_backward_passes_the_numerical_gradient_check_with_and_without_an_input_gradient():
+    torch.manual_seed(4)
+    layer = SineLayer(4, 6, omega_0=30.0, first=False).double()
+
+    def layer_of(inputs, weight, bias):
+        return torch.func.functional_call(layer, {"linear.weight": weight, "linear.bias": bias}, (inputs,))
+
+    weight = layer.linear.weight.detach().clone().requires_grad_(True)
+    bias = layer.linear.bias.detach().clone().requires_grad_(True)
+    for input_needs_grad in (True, False):  # a first layer's input (coordinates) needs no gradient
+        inputs = torch.randn(7, 4, dtype=torch.float64, requires_grad=input_needs_grad)
+        assert torch.autograd.gradcheck(layer_of, (inputs, weight, bias))
+
+
 def test_pose_encoder_features_in_channels_last_layout_equal_the_plain_layout():
     torch.manual_seed(4)
     encoder = PoseEncoder(EncoderConfig(base_channels=4, max_channels=16, hidden_features=16), 32)

@@ -183,6 +183,9 @@ def test_folded_grid_samples_like_the_grid_itself_and_reads_zeros_off_the_grid()
                           [0.0, 0.0, 0.5 * (m - m // 2 - 1) + 0.3], [9.0, -9.0, 9.0]])
     torch.testing.assert_close(folded(faces), grid.sample(faces), atol=1e-5, rtol=0)
     assert folded(torch.tensor([[0.0, 0.0, 0.5 * m]])).abs().item() == 0.0
+    # Both planes below the grid (kz 1.5 planes under its first), far off every face: exact zeros.
+    far = torch.tensor([[0.0, 0.0, -0.5 * (m // 2) - 0.75], [0.0, 0.0, -40.0], [500.0, 0.0, 0.0], [0.0, -500.0, 3.0]])
+    assert torch.equal(folded(far), torch.zeros(4, dtype=torch.complex64))
 
 
 def test_hermitian_grid_evaluates_half_the_points_and_equals_the_full_evaluation():
@@ -203,3 +206,19 @@ def test_hermitian_grid_evaluates_half_the_points_and_equals_the_full_evaluation
         inside = int((torch.linalg.vector_norm(frequency_grid_3d(size), dim=-1) <= 0.55).sum())
         assert inside / 2 < sum(points) < 0.56 * inside
 
+
+def test_grid_from_a_function_in_chunks_equals_one_evaluation_and_never_exceeds_the_chunk():
+    torch.manual_seed(1)
+    network = FourierNet(FourierNetConfig(width=16), 16).eval()
+    sizes = []
+
+    def counted(coords):
+        sizes.append(len(coords))
+        return network(coords)
+
+    for hermitian in (False, True):
+        sizes.clear()
+        whole = FourierGrid.from_function(network, 16, 1.0 / 16, 0.55, hermitian=hermitian, chunk=10 ** 6)
+        parts = FourierGrid.from_function(counted, 16, 1.0 / 16, 0.55, hermitian=hermitian, chunk=100)
+        torch.testing.assert_close(parts._grid, whole._grid, atol=1e-6, rtol=0)
+        assert len(sizes) > 1 and max(sizes) <= 100
