@@ -14,11 +14,11 @@ Phases measured per box:
 Training steps are timed over ``--steps`` steps after ``--warmup-steps`` untimed ones, so that with the default
 (20, a multiple of ``search.grid_refresh_steps`` = 10 and ``search.global_every`` = 4) every rebuild of the cached
 map and every global search of the refined phase is counted at its real rate (10 steps before 2026-12-04: one
-global search in five was missed). Three warm-up steps (one before 2026-12-04: the lines without ``warmup_steps``) let
-the heap settle under the malloc settings (``cryoai_core/allocator.py``): a process's first steps still fault in
-the pages of blocks it has not freed yet, a cost paid once per run, not per step. Random images stand in for
-particles (the cost of a step does not depend on their content). On CUDA the peak is ``torch.cuda.max_memory_allocated``; on CPU the process's peak resident
-set size.
+global search in five was missed). Three warm-up steps (one before 2026-12-04: the lines without
+``warmup_steps``) let the heap settle under the malloc settings (``cryoai_core/allocator.py``): a process's first
+steps still fault in the pages of blocks it has not freed yet, a cost paid once per run, not per step. Random
+images stand in for particles (the cost of a step does not depend on their content). On CUDA the peak is
+``torch.cuda.max_memory_allocated``; on CPU the process's peak resident set size.
 
 Wall-clock figures depend on what else runs on the machine; ``images_per_cpu_s_*`` divide by the process's
 CPU time (user + system, all threads) instead, which on a shared machine is the steadier figure to compare
@@ -63,7 +63,7 @@ def _batch(box: int, batch_size: int, device: str) -> tuple:
 
 
 def measure_training(box: int, phase: str, batch_size: int, steps: int, device: str, settings: dict,
-                     warmup_steps: int = 3) -> tuple:
+                     warmup_steps: int) -> tuple:
     """``(images per wall-clock second, images per process CPU second)`` of training steps of ``phase``."""
     learner = _learner(box, batch_size, device, "refined" if phase == "refined" else "encoder", settings)
     images, ctf = _batch(box, batch_size, device)

@@ -33,7 +33,12 @@ def trilinear_apodization(box: int, padded_box: int, dtype, device) -> torch.Ten
     return weight[:, None, None] * weight[None, :, None] * weight[None, None, :]
 
 
-def _evaluate(function, coords: torch.Tensor, chunk: int) -> torch.Tensor:
+EVALUATION_CHUNK = 65536
+"""Points per call when a network is evaluated on a whole Fourier grid: activations of a few tens of MiB, which
+blocks freed by a training step can hold (see :meth:`FourierGrid.from_function`)."""
+
+
+def evaluate_in_chunks(function, coords: torch.Tensor, chunk: int = EVALUATION_CHUNK) -> torch.Tensor:
     """``function`` on ``coords`` ``(P, 3)``, ``chunk`` points at a time: complex64 ``(P,)``."""
     parts = coords.split(chunk) if len(coords) else (coords,)
     return torch.cat([function(part).to(torch.complex64) for part in parts])
@@ -60,7 +65,7 @@ class FourierGrid:
     @classmethod
     @torch.no_grad()
     def from_function(cls, function, size: int, spacing: float, radius: float, device=None,
-                      hermitian: bool = False, chunk: int = 65536) -> "FourierGrid":
+                      hermitian: bool = False, chunk: int = EVALUATION_CHUNK) -> "FourierGrid":
         """Evaluate ``function`` (coords ``(P, 3)`` -> complex ``(P,)``) on the grid points within ``radius``.
 
         ``hermitian``: ``function(-k) = conj(function(k))`` holds exactly (the transform of a real map, as
@@ -74,7 +79,7 @@ class FourierGrid:
         inside = torch.linalg.vector_norm(coords, dim=-1) <= radius
         values = torch.zeros(coords.shape[:-1], dtype=torch.complex64, device=device)
         if not hermitian:
-            values[inside] = _evaluate(function, coords[inside], chunk)
+            values[inside] = evaluate_in_chunks(function, coords[inside], chunk)
             return cls(values, spacing)
         # Indices first.. of every axis pair i with 2 (size // 2) - i: on the flattened sub-cube, a with n - 1 - a.
         first = 1 - size % 2
@@ -83,7 +88,7 @@ class FourierGrid:
         mirrored[first:, first:, first:] = (torch.arange(count, device=device) >= (count + 1) // 2).reshape(
             (size - first,) * 3)
         evaluated = inside & ~mirrored
-        values[evaluated] = _evaluate(function, coords[evaluated], chunk)
+        values[evaluated] = evaluate_in_chunks(function, coords[evaluated], chunk)
         cube = values[first:, first:, first:]
         cube[mirrored[first:, first:, first:]] = cube.flip(0, 1, 2).conj()[mirrored[first:, first:, first:]]
         return cls(values, spacing)

@@ -13,6 +13,7 @@ from torch import nn
 
 from cryoai_core.fourier import frequency_grid_3d, ifft3_centered
 from cryoai_core.models.siren import Siren
+from cryoai_core.slicing import EVALUATION_CHUNK, evaluate_in_chunks
 from cryoai_core.train.config import FourierNetConfig
 
 
@@ -49,7 +50,7 @@ class FourierNet(nn.Module):
         return torch.complex(values[..., 0], imaginary)
 
     @torch.no_grad()
-    def spectrum(self, box: int, radius_px: float | None = None, chunk: int = 65536) -> torch.Tensor:
+    def spectrum(self, box: int, radius_px: float | None = None, chunk: int = EVALUATION_CHUNK) -> torch.Tensor:
         """The centred transform on the ``box³`` grid, complex ``(box, box, box)``, ``[kz, ky, kx]``.
 
         With ``radius_px``, frequencies beyond that radius (Fourier pixels; e.g. the largest radius the
@@ -57,7 +58,7 @@ class FourierNet(nn.Module):
         """
         device = next(self.parameters()).device
         coords = frequency_grid_3d(box, device=device).reshape(-1, 3)
-        values = torch.cat([self(part) for part in coords.split(chunk)])
+        values = evaluate_in_chunks(self, coords, chunk)
         if radius_px is not None:
             values = values * (torch.linalg.vector_norm(coords, dim=-1) * box <= radius_px)
         spectrum = values.reshape(box, box, box)
