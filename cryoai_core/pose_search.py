@@ -26,7 +26,7 @@ import torch
 
 from cryoai_core.fourier import origin_phase
 from cryoai_core.models.forward_model import HalfDisk
-from cryoai_core.slicing import FourierGrid, central_slice_coords
+from cryoai_core.slicing import FourierGrid, central_slices
 
 _PSI = 1.533751168755204288118041
 """Root of ``x**4 = x + 4``; with sqrt(2) it spreads super-Fibonacci points evenly (Alexa, CVPR 2022)."""
@@ -285,7 +285,7 @@ class PoseSearch:
         shifts = self.shifts.to(device)
         offset = roma.random_rotmat(generator=generator).float().to(device)
         rotations = self.base_rotations.to(device) @ offset
-        slices = volume(central_slice_coords(rotations, coarse.freqs))                 # (R, n)
+        slices = central_slices(volume, rotations, coarse.freqs)                        # (R, n)
         u = coarse.weighted.unsqueeze(1) * origin_phase(coarse.freqs, shifts).unsqueeze(0)   # (B, S, n)
         left = torch.cat([u.real, -u.imag], dim=-1).reshape(-1, 2 * coarse.freqs.shape[0])
         right = torch.cat([slices.real, slices.imag], dim=-1).T                       # (2n, R)
@@ -356,8 +356,7 @@ class PoseSearch:
         ``Re Σ_k w C conj(Y) P_o P_d V̂`` is one real matrix product over the ``S`` or the ``K`` side, whichever
         is smaller, without a phase per image and translation."""
         count, candidates = rotations.shape[:2]
-        coords = central_slice_coords(rotations.reshape(-1, 3, 3), batch.freqs)
-        slices = volume(coords).reshape(count, candidates, -1)                                  # (B, K, N)
+        slices = central_slices(volume, rotations.reshape(-1, 3, 3), batch.freqs).reshape(count, candidates, -1)
         size = 2 * slices.shape[-1]
         parts = torch.view_as_real(slices).reshape(count, candidates, size)                     # (re, im) per point
         if len(offsets_px) <= candidates:

@@ -26,6 +26,14 @@ def central_slice_coords(rotations: torch.Tensor, freqs_2d: torch.Tensor) -> tor
     return plane.unsqueeze(0) @ rotations
 
 
+def central_slices(volume, rotations: torch.Tensor, freqs_2d: torch.Tensor) -> torch.Tensor:
+    """Values ``(B, N)`` of ``volume`` on the central slices of ``B`` poses (``rotations (B, 3, 3)``) at the
+    in-plane frequencies ``freqs_2d (N, 2)``: through the volume's own ``slices`` when it has one (a
+    :class:`FoldedGrid`), else by calling it on :func:`central_slice_coords`."""
+    slices = getattr(volume, "slices", None)
+    return slices(rotations, freqs_2d) if slices is not None else volume(central_slice_coords(rotations, freqs_2d))
+
+
 def trilinear_apodization(box: int, padded_box: int, dtype, device) -> torch.Tensor:
     """Real-space weight ``sinc²(x/M) sinc²(y/M) sinc²(z/M)`` that trilinear Fourier interpolation imposes."""
     x = (torch.arange(box, dtype=dtype, device=device) - box // 2) / padded_box
@@ -119,46 +127,82 @@ class FoldedGrid:
     planes below and above a point) blended along kz: the same trilinear interpolation, about four times faster
     on a CPU, where PyTorch's 2D sampler is vectorised and its 3D one is not.
 
-    Each plane is followed by a zero row and column, and one more plane is all zero, so that a point off the
-    grid reads zeros as with the 3D sampler. The 2D coordinates (up to ~``M^1.5`` pixels) carry float32
-    rounding of about 1e-4 pixel.
+    Each plane is followed by two zero rows and columns, and the planes past the grid are all zero. A point off
+    the grid is clamped to half a pixel beyond the grid's faces, where both of its neighbours in every axis are
+    zeros, so it reads exact zeros, as with the 3D sampler, whatever the float32 rounding of its 2D
+    coordinates (up to ~``M^1.5`` pixels, so about 1e-4 pixel).
     """
 
+    _MARGIN = 2
+    """Zero rows and columns after each plane, and zero planes on each side of the grid."""
+
     def __init__(self, grid: FourierGrid):
-        m = grid.size
+        m, margin = grid.size, self._MARGIN
         self.size, self.spacing = m, grid.spacing
-        self.block = m + 1
+        self.block = m + margin
         self.columns = math.ceil(math.sqrt(m + 1))
         rows = -(-(m + 1) // self.columns)
-        planes = F.pad(grid._grid[0], (0, 1, 0, 1, 0, rows * self.columns - m))          # (2, P, m+1, m+1)
+        planes = F.pad(grid._grid[0], (0, margin, 0, margin, 0, rows * self.columns - m))   # (2, P, m+2, m+2)
         image = planes.reshape(2, rows, self.columns, self.block, self.block).permute(0, 1, 3, 2, 4)
         self.image = image.reshape(1, 2, rows * self.block, self.columns * self.block).contiguous()
-        self.height, self.width = self.image.shape[-2:]
+        height, width = self.image.shape[-2:]
+        # Grid index i of x (y) -> the sampler's normalised coordinate of the first plane, i * step - 1.
+        step = torch.tensor([2.0 / (width - 1), 2.0 / (height - 1)])
+        self._xy_step = step.repeat(2)                                                     # (4,): x, y, x, y
+        self._xy_origin = (m // 2) * self._xy_step - 1.0
+        self._reach = half = margin - 0.5                                 # index -1.5 and m + 0.5: two zeros around
+        self._xy_low, self._xy_high = -half * self._xy_step - 1.0, (m - 1 + half) * self._xy_step - 1.0
+        self._z_low, self._z_high = margin - half, m - 1 + margin + half                     # z index + margin
+        # Plane j - margin (below) and j - margin + 1 (above) of a point whose z index + margin has floor j; planes
+        # off the grid read the zero plane m.
+        plane = torch.arange(-margin, m + margin + 1)
+        plane = plane.masked_fill((plane < 0) | (plane >= m), m)
+        row = torch.div(plane, self.columns, rounding_mode="floor")
+        corner = torch.stack([plane - row * self.columns, row], dim=-1) * self.block * step   # (m + 2 margin + 1, 2)
+        self._plane_offsets = torch.cat([corner[:-1], corner[1:]], dim=-1)                   # (m + 2 margin, 4)
 
     def sample(self, coords: torch.Tensor) -> torch.Tensor:
         """Complex values ``(...,)`` at ``(..., 3)`` frequencies ``(kx, ky, kz)``; zero beyond the grid."""
-        m = self.size
-        x, y, z = (coords.reshape(-1, 3).to(torch.float32) * (1.0 / self.spacing) + m // 2).unbind(-1)
-        below = torch.floor(z)
-        on_plane = (x > -1.0) & (x < m) & (y > -1.0) & (y < m)
-        x, y = x.masked_fill(~on_plane, 0.0), y.masked_fill(~on_plane, 0.0)
-        points = torch.empty(2, len(z), 2, dtype=torch.float32, device=coords.device)    # (plane, S, xy)
-        for offset in (0, 1):
-            plane = below + offset
-            plane = plane.masked_fill(~(on_plane & (plane >= 0) & (plane < m)), float(m))     # the zero plane
-            row = torch.floor(plane * (1.0 / self.columns) + 1e-3)
-            column = plane - row * self.columns
-            torch.add(x, column, alpha=self.block, out=points[offset, :, 0])
-            torch.add(y, row, alpha=self.block, out=points[offset, :, 1])
-        points[..., 0] *= 2.0 / (self.width - 1)
-        points[..., 1] *= 2.0 / (self.height - 1)
-        points -= 1.0
-        values = F.grid_sample(self.image, points.reshape(1, 1, -1, 2), mode="bilinear", padding_mode="zeros",
-                               align_corners=True).reshape(2, 2, -1)                               # (re/im, plane, S)
-        values = torch.lerp(values[:, 0], values[:, 1], z - below)
-        return torch.complex(values[0], values[1]).reshape(coords.shape[:-1])
+        flat = coords.reshape(-1, 3).to(torch.float32)
+        device = flat.device
+        xy = torch.addcmul(self._xy_origin.to(device), flat[:, [0, 1, 0, 1]], self._xy_step.to(device) / self.spacing)
+        z = flat[:, 2] * (1.0 / self.spacing) + (self.size // 2 + self._MARGIN)
+        return self._lookup(xy, z, clamp=True).reshape(coords.shape[:-1])
 
     __call__ = sample
+
+    def slices(self, rotations: torch.Tensor, freqs_2d: torch.Tensor) -> torch.Tensor:
+        """Values ``(B, N)`` on the central slices of ``B`` poses (``rotations (B, 3, 3)``) at the in-plane
+        frequencies ``freqs_2d (N, 2)``: :meth:`sample` of :func:`central_slice_coords`, with the grid's units
+        folded into two small matrix products."""
+        device = freqs_2d.device
+        count, m = len(rotations), self.size
+        scale = torch.cat([self._xy_step.to(device)[:2], torch.ones(1, device=device)]) / self.spacing
+        axes = rotations[:, :2, :].to(torch.float32) * scale                                  # (B, 2, 3)
+        plane = torch.cat([freqs_2d.to(torch.float32), torch.ones(len(freqs_2d), 1, device=device)], dim=-1)
+        xy_origin = self._xy_origin.to(device).expand(count, 1, 4)
+        xy = (plane @ torch.cat([axes[:, :, [0, 1, 0, 1]], xy_origin], dim=1)).reshape(-1, 4)   # (B N, 4)
+        z_origin = torch.full((count, 1, 1), m // 2 + self._MARGIN, dtype=torch.float32, device=device)
+        z = (plane @ torch.cat([axes[:, :, 2:], z_origin], dim=1)).reshape(-1)                   # (B N,)
+        # A rotation keeps a frequency's norm: points within the clamp's bounds need no clamping.
+        reach = float(torch.linalg.vector_norm(freqs_2d.float(), dim=-1).max()) / self.spacing if len(plane) else 0.0
+        clamp = reach + 1e-3 > min(m // 2, m - 1 - m // 2) + self._reach
+        return self._lookup(xy, z, clamp).reshape(count, len(freqs_2d))
+
+    def _lookup(self, xy: torch.Tensor, z: torch.Tensor, clamp: bool) -> torch.Tensor:
+        """Complex ``(S,)`` at points given as ``xy (S, 4)`` (the normalised coordinates of x, y in the first
+        plane, twice) and ``z (S,)`` (the z index plus the margin); both are overwritten."""
+        if clamp:
+            torch.clamp(xy, self._xy_low.to(xy.device), self._xy_high.to(xy.device), out=xy)
+            z.clamp_(self._z_low, self._z_high)
+        below = z.to(torch.int64)                                                     # z ≥ 0: truncation is floor
+        weight = z - below
+        xy += self._plane_offsets.to(xy.device).index_select(0, below)
+        values = F.grid_sample(self.image, xy.view(1, -1, 2, 2), mode="bilinear", padding_mode="zeros",
+                               align_corners=True)[0]                                 # (re/im, S, below/above)
+        out = torch.empty(len(z), dtype=torch.complex64, device=z.device)
+        torch.lerp(values[..., 0], values[..., 1], weight, out=torch.view_as_real(out).T)
+        return out
 
 
 class VoxelFourierVolume:

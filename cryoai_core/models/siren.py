@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from cryoai_core.models.onednn import linear
+
 
 class SineLayer(nn.Module):
     """``sin(ω0 (W x + b))``; ``(..., in_features) -> (..., out_features)``."""
@@ -32,13 +34,13 @@ class _Sine(torch.autograd.Function):
 
     Autograd's own backward of the same expression multiplies the ``(N, out)`` gradient by ``ω0`` twice (once
     for ``x``, once for ``b``) and by ``cos`` once, each a pass over ``N x out`` values; here ``ω0`` goes into
-    the small ``(out, in)`` weight or the reduced sums instead, and ``cos`` times the gradient is one pass.
+    the small ``(out, in)`` weight or the reduced sums instead, and ``cos`` times the gradient is one pass. The
+    products with the weight go through :func:`~cryoai_core.models.onednn.linear` (oneDNN on a CPU).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, omega_0):
-        # ω0 (b + x Wᵀ) as one matrix product (its ``alpha`` and ``beta``), without a separate product by ω0.
-        pre = torch.addmm(bias, x, weight.t(), beta=omega_0, alpha=omega_0)
+        pre = linear(x, omega_0 * weight, omega_0 * bias)                             # ω0 (b + x Wᵀ)
         ctx.save_for_backward(x, weight, pre)
         ctx.omega_0 = omega_0
         return torch.sin(pre)
@@ -48,8 +50,9 @@ class _Sine(torch.autograd.Function):
         x, weight, pre = ctx.saved_tensors
         omega_0 = ctx.omega_0
         slope = torch.cos(pre).mul_(grad)
-        grad_x = slope @ (omega_0 * weight) if ctx.needs_input_grad[0] else None
-        grad_weight = (slope.t() @ x).mul_(omega_0) if ctx.needs_input_grad[1] else None
+        grad_x = linear(slope, (omega_0 * weight).t().contiguous()) if ctx.needs_input_grad[0] else None
+        # Xᵀ G rather than Gᵀ X: twice as fast for the first layer (3 inputs), the same for the others.
+        grad_weight = (x.t() @ slope).mul_(omega_0).t().contiguous() if ctx.needs_input_grad[1] else None
         grad_bias = slope.sum(dim=0).mul_(omega_0) if ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias, None
 
