@@ -128,9 +128,9 @@ class FoldedGrid:
     on a CPU, where PyTorch's 2D sampler is vectorised and its 3D one is not.
 
     Each plane is followed by two zero rows and columns, and the planes past the grid are all zero. A point off
-    the grid is clamped to half a pixel beyond the grid's faces, where both of its neighbours in every axis are
-    zeros, so it reads exact zeros, as with the 3D sampler, whatever the float32 rounding of its 2D
-    coordinates (up to ~``M^1.5`` pixels, so about 1e-4 pixel).
+    the grid is clamped, per axis, to the index -1.5 or ``M + 0.5``, between two zeros, so it reads exact zeros
+    (as with the 3D sampler) whatever the float32 rounding of its 2D coordinates, which run up to ~``M^1.5``
+    pixels and so carry about 1e-4 pixel.
     """
 
     _MARGIN = 2
@@ -150,7 +150,7 @@ class FoldedGrid:
         step = torch.tensor([2.0 / (width - 1), 2.0 / (height - 1)])
         self._xy_step = step.repeat(2)                                                     # (4,): x, y, x, y
         self._xy_origin = (m // 2) * self._xy_step - 1.0
-        self._reach = half = margin - 0.5                                 # index -1.5 and m + 0.5: two zeros around
+        self._reach = half = margin - 0.5                                       # index -1.5 and m + 0.5
         self._xy_low, self._xy_high = -half * self._xy_step - 1.0, (m - 1 + half) * self._xy_step - 1.0
         self._z_low, self._z_high = margin - half, m - 1 + margin + half                     # z index + margin
         # Plane j - margin (below) and j - margin + 1 (above) of a point whose z index + margin has floor j; planes

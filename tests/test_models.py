@@ -6,11 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cryoai_core.fourier import fft2_centered, frequency_grid_2d, ifft3_centered
 from cryoai_core.models.encoder import GaussianBank, PoseEncoder
 from cryoai_core.models.forward_model import HalfDisk, render
 from cryoai_core.models.fouriernet import FourierNet
+from cryoai_core.models.onednn import linear, uses_onednn
 from cryoai_core.models.siren import SineLayer, Siren
 from cryoai_core.rotations import random_rotations
 from cryoai_core.simulate import ImageSimulator, SimulationConfig
@@ -128,6 +130,19 @@ def test_sine_layer_is_the_sine_of_omega_times_the_affine_map_with_the_same_grad
     expected_grads = torch.autograd.grad((expected * weights).sum(), [inputs, layer.linear.weight, layer.linear.bias])
     for got, want in zip(fused_grads, expected_grads):
         torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=0)
+
+
+def test_onednn_linear_equals_torch_linear_and_falls_back_off_float32_cpu_tensors():
+    torch.manual_seed(5)
+    weight, bias = torch.randn(96, 96), torch.randn(96)
+    for x in (torch.randn(1000, 96), torch.randn(1000, 192)[:, ::2], torch.randn(4, 7, 96), torch.zeros(0, 96)):
+        torch.testing.assert_close(linear(x, weight, bias), F.linear(x, weight, bias), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(linear(x, weight.t()), F.linear(x, weight.t()), atol=1e-4, rtol=1e-5)
+    doubles = torch.randn(5, 96, dtype=torch.float64)
+    assert not uses_onednn(doubles)
+    assert torch.equal(linear(doubles, weight.double(), bias.double()), F.linear(doubles, weight.double(), bias.double()))
+    if torch.backends.mkldnn.is_available():
+        assert uses_onednn(torch.zeros(1))  # this build takes the oneDNN path checked above
 
 
 def test_sine_layer_backward_passes_the_numerical_gradient_check_with_and_without_an_input_gradient():

@@ -11,7 +11,7 @@ import torch
 from cryoai_core.fourier import frequency_grid_3d, rotate_180_in_plane
 from cryoai_core.models.fouriernet import FourierNet
 from cryoai_core.rotations import MIRROR, compose_in_plane_180, euler_to_matrix, random_rotations
-from cryoai_core.slicing import FourierGrid, VoxelFourierVolume, central_slice_coords
+from cryoai_core.slicing import FourierGrid, VoxelFourierVolume, central_slice_coords, central_slices
 from cryoai_core.train.config import FourierNetConfig
 from reference_formulas import blob_volume
 
@@ -186,6 +186,32 @@ def test_folded_grid_samples_like_the_grid_itself_and_reads_zeros_off_the_grid()
     # Both planes below the grid (kz 1.5 planes under its first), far off every face: exact zeros.
     far = torch.tensor([[0.0, 0.0, -0.5 * (m // 2) - 0.75], [0.0, 0.0, -40.0], [500.0, 0.0, 0.0], [0.0, -500.0, 3.0]])
     assert torch.equal(folded(far), torch.zeros(4, dtype=torch.complex64))
+
+
+def test_folded_grid_central_slices_equal_the_grid_sampled_on_the_slice_coordinates():
+    """``FoldedGrid.slices`` folds the grid's units into the coordinate products and clamps only when a point can
+    leave the grid: the values of the 3D sampler on :func:`central_slice_coords` on both paths, exact zeros far
+    off, and any other volume is called on the coordinates."""
+    generator = torch.Generator().manual_seed(1)
+    m, spacing = 24, 0.5
+    values = torch.complex(torch.randn(m, m, m, generator=generator), torch.randn(m, m, m, generator=generator))
+    grid = FourierGrid(values, spacing)
+    folded = grid.sampler()
+    clamped = []
+    lookup = folded._lookup
+    folded._lookup = lambda xy, z, clamp: clamped.append(clamp) or lookup(xy, z, clamp)
+    rotations = random_rotations(6, torch.Generator().manual_seed(2), dtype=torch.float32)
+    angle = torch.rand(400, generator=generator) * 2 * np.pi
+    for reach in (spacing * (m // 2), spacing * (m // 2 + 4)):  # every point on the grid; some beyond its faces
+        radius = reach * torch.rand(400, generator=generator).sqrt()
+        freqs = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1)
+        freqs[0] = torch.tensor([reach, 0.0])
+        expected = grid.sample(central_slice_coords(rotations, freqs))
+        torch.testing.assert_close(central_slices(folded, rotations, freqs), expected, atol=1e-4, rtol=0)
+        assert torch.equal(central_slices(grid.sample, rotations, freqs), expected)
+    assert clamped == [False, True]
+    far = torch.tensor([[300.0, 0.0], [0.0, -300.0], [200.0, 200.0]])
+    assert torch.equal(central_slices(folded, rotations, far), torch.zeros(6, 3, dtype=torch.complex64))
 
 
 def test_hermitian_grid_evaluates_half_the_points_and_equals_the_full_evaluation():

@@ -7,21 +7,33 @@ same result up to float rounding. MKL stays faster where the long axis is summed
 ``Gᵀ X``) or the output is 2 wide, so only the products that gain call :func:`linear`.
 
 oneDNN is reached through ``torch.ops.mkldnn._linear_pointwise``, the operator that PyTorch's own compiler emits for
-CPU linear layers. Where it is missing (a PyTorch built without oneDNN) or the tensors are not float32 CPU tensors,
+CPU linear layers. Where it is missing (a PyTorch built without oneDNN), fails or disagrees with
+``torch.nn.functional.linear`` on a small product tried at import, or the tensors are not float32 CPU tensors,
 :func:`linear` is ``torch.nn.functional.linear``.
 """
+import logging
+
 import torch
 import torch.nn.functional as F
 
+logger = logging.getLogger(__name__)
+
 
 def _onednn_linear():
-    """The oneDNN linear operator of this PyTorch build, or ``None``."""
+    """The oneDNN linear operator of this PyTorch build, or ``None`` where it is missing or, on a small product
+    tried once, fails or disagrees with ``torch.nn.functional.linear`` (a private operator may change)."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        return None
+        operator = torch.ops.mkldnn._linear_pointwise
+        x = torch.arange(12, dtype=torch.float32).reshape(4, 3) / 7.0
+        weight, bias = torch.arange(6, dtype=torch.float32).reshape(2, 3) / 5.0, torch.tensor([0.5, -1.0])
+        if torch.allclose(operator(x, weight, bias, "none", [], ""), F.linear(x, weight, bias), atol=1e-5):
+            return operator
+    except (AttributeError, RuntimeError, TypeError) as error:
+        logger.debug("oneDNN linear unavailable: %s", error)
+    logger.debug("dense products through torch.nn.functional.linear")
+    return None
 
 
 _LINEAR = _onednn_linear()
