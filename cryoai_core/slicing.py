@@ -195,7 +195,8 @@ class FoldedGrid:
         if clamp:
             torch.clamp(xy, self._xy_low.to(xy.device), self._xy_high.to(xy.device), out=xy)
             z.clamp_(self._z_low, self._z_high)
-        below = z.to(torch.int64)                                                     # z ≥ 0: truncation is floor
+        # z ≥ 0, so truncation is the floor; NaN (a diverged run's poses) reads the first row and stays NaN below.
+        below = z.to(torch.int64).clamp_(0, len(self._plane_offsets) - 1)
         weight = z - below
         xy += self._plane_offsets.to(xy.device).index_select(0, below)
         values = F.grid_sample(self.image, xy.view(1, -1, 2, 2), mode="bilinear", padding_mode="zeros",

@@ -191,7 +191,7 @@ def test_folded_grid_samples_like_the_grid_itself_and_reads_zeros_off_the_grid()
 def test_folded_grid_central_slices_equal_the_grid_sampled_on_the_slice_coordinates():
     """``FoldedGrid.slices`` folds the grid's units into the coordinate products and clamps only when a point can
     leave the grid: the values of the 3D sampler on :func:`central_slice_coords` on both paths, exact zeros far
-    off, and any other volume is called on the coordinates."""
+    off, NaN for NaN poses, and any other volume is called on the coordinates."""
     generator = torch.Generator().manual_seed(1)
     m, spacing = 24, 0.5
     values = torch.complex(torch.randn(m, m, m, generator=generator), torch.randn(m, m, m, generator=generator))
@@ -212,6 +212,11 @@ def test_folded_grid_central_slices_equal_the_grid_sampled_on_the_slice_coordina
     assert clamped == [False, True]
     far = torch.tensor([[300.0, 0.0], [0.0, -300.0], [200.0, 200.0]])
     assert torch.equal(central_slices(folded, rotations, far), torch.zeros(6, 3, dtype=torch.complex64))
+    diverged = rotations.clone()
+    diverged[1] = float("nan")  # a diverged run's poses: NaN rows, no error, the other rows as they were
+    values = central_slices(folded, diverged, freqs)
+    assert values[1].isnan().all()
+    torch.testing.assert_close(values[[0, 2, 3, 4, 5]], central_slices(folded, rotations, freqs)[[0, 2, 3, 4, 5]])
 
 
 def test_hermitian_grid_evaluates_half_the_points_and_equals_the_full_evaluation():
